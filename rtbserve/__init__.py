@@ -1,0 +1,3 @@
+"""rtbserve: low-latency XGBoost inference for real-time bidding."""
+
+__version__ = "0.1.0"

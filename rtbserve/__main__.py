@@ -1,0 +1,5 @@
+import sys
+
+from rtbserve.cli import main
+
+sys.exit(main())
