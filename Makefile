@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMAGE ?= rtbserve:dev
 PLATFORMS ?= linux/arm64,linux/amd64
+# A multi-platform build must go to a registry: `make image IMAGE=<registry>/rtbserve:tag PUSH=1`.
+PUSH ?=
 
 .PHONY: help venv demo test test-unit test-e2e lint format typecheck bench image clean
 
@@ -51,7 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 image:
-	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) .
+	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) $(if $(PUSH),--push,) .
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
