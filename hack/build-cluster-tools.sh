@@ -37,10 +37,13 @@ die() { log "ERROR: $*"; exit 1; }
 command -v go >/dev/null || die "go is not installed (need Go >= 1.24)"
 
 # retry N CMD...: module downloads go over the network and can flake.
+# The command's output (hundreds of "go: downloading" lines) goes to a log
+# file; its tail is shown when an attempt fails.
 retry() {
-    local n="$1" i=1
+    local n="$1" i=1 out="$BUILD_DIR/last-command.log"
     shift
-    until "$@"; do
+    until "$@" >"$out" 2>&1; do
+        tail -n 40 "$out" >&2
         if (( i >= n )); then
             die "failed after $n attempts: $*"
         fi
@@ -82,7 +85,7 @@ build_kubernetes() {
     fi
     start_group kubernetes "$K8S_VERSION"
     local start=$SECONDS
-    log "kubernetes $K8S_VERSION: building ${bins[*]} (slow: 15-40 min cold)"
+    log "kubernetes $K8S_VERSION: building ${bins[*]} (the slow one: ~12 min cold on 2 cores)"
 
     # k8s.io/kubernetes points its staging modules (k8s.io/api, client-go,
     # ...) at ./staging via replace directives, which `go install mod@ver`
@@ -114,17 +117,25 @@ build_kubernetes() {
 
     local pkgs=()
     local b
-    for b in "${bins[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+    # Pin the version on each package: a bare `go get pkg` would move
+    # k8s.io/kubernetes to its latest release.
+    for b in "${bins[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b@$K8S_VERSION"); done
     # `go get` fills in the full requirement graph of the four commands.
     (cd "$wrap" && retry 3 go get "${pkgs[@]}")
     (cd "$wrap" && retry 3 go mod download)
 
+    # The same version stamps as upstream's hack/lib/version.sh; helm and
+    # kwokctl read them from `--version` and the /version endpoint. The
+    # module proxy gives no commit hash, so gitCommit is left empty and the
+    # build date is the tag's date (reproducible).
     local minor="${K8S_VERSION#v1.}"
     minor="${minor%%.*}"
+    local tag_date
+    tag_date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "${modfile%.mod}.info")"
     local ld="-s -w" p
     for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
-        ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+        ld+=" -X $p.gitCommit= -X $p.gitTreeState=clean -X $p.buildDate=${tag_date:-1970-01-01T00:00:00Z}"
     done
     for b in "${bins[@]}"; do
         log "  go build $b"
@@ -164,8 +175,9 @@ replace (
 EOF
     (cd "$wrap" && retry 3 go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
     (cd "$wrap" && retry 3 go mod download)
-    (cd "$wrap" && go build -p "$GO_P" -trimpath \
-        -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" \
+    # etcd's own version string is a constant; kwokctl parses it from
+    # `etcd --version` to pick its flags.
+    (cd "$wrap" && go build -p "$GO_P" -trimpath -ldflags "-s -w" \
         -o "$TMP/etcd" go.etcd.io/etcd/server/v3) || die "go build etcd failed"
     finish_group
     log "etcd $ETCD_VERSION: done in $((SECONDS - start))s"
