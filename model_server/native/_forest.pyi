@@ -1,0 +1,31 @@
+from typing import Any
+
+from numpy.typing import NDArray
+
+TRANSFORM_IDENTITY: int
+TRANSFORM_SIGMOID: int
+PERFECT_MAX_DEPTH: int
+
+class Forest:
+    def __init__(
+        self,
+        left: NDArray[Any],
+        feature: NDArray[Any],
+        default_left: NDArray[Any],
+        cond: NDArray[Any],
+        roots: NDArray[Any],
+        depths: NDArray[Any],
+        n_features: int,
+        base_margin: float,
+        transform: int,
+        perfect_max_depth: int = ...,
+    ) -> None: ...
+    def predict(self, rows: NDArray[Any], out: NDArray[Any], /) -> None: ...
+    @property
+    def n_trees(self) -> int: ...
+    @property
+    def n_nodes(self) -> int: ...
+    @property
+    def n_features(self) -> int: ...
+    @property
+    def layout(self) -> str: ...

@@ -1,0 +1,304 @@
+"""Scoring: a Thrift frame in, a Thrift frame out.
+
+    service = ScoringService(loaded_model, predictor, max_bidders=64, max_batch=256)
+    scored = service.score(raw_json_bytes, ["dsp-01", "dsp-07"])   # raises RequestError
+    handler = FrameHandler(service, stats)
+    method, reply = handler.handle(frame)          # raises MalformedFrameError
+
+`ScoringService` holds the request path (parse, feature rows, predict, thresholds) and knows
+nothing about Thrift. `ThriftHandler` maps it onto the IDL for thriftpy2's processor.
+`FrameHandler` decodes and encodes `score`, the hot call, by hand (model_server/fast_codec.py)
+and sends everything else through thriftpy2.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from thriftpy2.thrift import TApplicationException, TMessageType, TProcessor
+
+from model_server import thrift_contract as tc
+from model_server.artifact import LoadedModel
+from model_server.errors import (
+    InvalidJsonError,
+    MissingFieldError,
+    RequestError,
+    TooManyBiddersError,
+    UnknownBidderError,
+)
+from model_server.fast_codec import (
+    ScoreReplyEncoder,
+    decode_score_args,
+    encode_exception,
+    encode_reply,
+    generic_call,
+    parse_message_header,
+)
+from model_server.logs import kv
+from model_server.metrics import INTERNAL, WorkerStats
+from model_server.openrtb import parse_bid_request
+from model_server.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+class BatchTooLargeError(Exception):
+    """A score_batch call with more requests than the server allows."""
+
+    thrift_name = "BatchTooLarge"
+
+    def __init__(self, limit: int, requested: int) -> None:
+        super().__init__(f"{requested} requests in one batch; the limit is {limit}")
+        self.message = str(self)
+        self.limit = limit
+        self.requested = requested
+
+
+@dataclass(slots=True)
+class Scored:
+    """One request's scores, one entry per candidate bidder in the order asked for."""
+
+    request_id: str
+    bidder_idx: list[int]
+    probabilities: NDArray[np.float64]
+    forward: NDArray[np.bool_]
+
+
+class ScoringService:
+    """Bid request bytes and bidder names in, probabilities and forward flags out."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        predictor: Predictor,
+        max_bidders: int,
+        max_batch: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if predictor.n_features != model.pipeline.n_features:
+            raise ValueError(
+                f"predictor takes {predictor.n_features} features, "
+                f"the pipeline makes {model.pipeline.n_features}"
+            )
+        self.model = model
+        self.predictor = predictor
+        self.max_bidders = max_bidders
+        self.max_batch = max_batch
+        self._clock = clock
+        self._pipeline = model.pipeline
+        self.bidders: list[str] = list(model.pipeline.bidders)
+        self._all = list(range(len(self.bidders)))
+        # Names arrive as str (thriftpy2) or bytes (fast path); one dict answers both.
+        self._index: dict[str | bytes, int] = {}
+        for i, name in enumerate(self.bidders):
+            self._index[name] = i
+            self._index[name.encode()] = i
+        self._thresholds = np.array(
+            [model.manifest.thresholds[b] for b in self.bidders], dtype=np.float64
+        )
+        capacity = max(max_bidders, len(self.bidders))
+        self._rows = np.empty((capacity, model.pipeline.n_features), dtype=np.float32)
+        self._probs = np.empty(capacity, dtype=np.float32)
+
+    # ---- identity ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.model.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.model.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        return self.model.sha256
+
+    @property
+    def backend(self) -> str:
+        return self.predictor.backend
+
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.model.manifest.thresholds)
+
+    # ---- scoring -----------------------------------------------------------------------
+    def resolve_bidders(self, names: Sequence[str] | Sequence[bytes]) -> list[int]:
+        """Model indices of `names`; an empty list means every bidder of the model."""
+        if not names:
+            return self._all
+        if len(names) > self.max_bidders:
+            raise TooManyBiddersError(self.max_bidders, len(names))
+        index = self._index
+        try:
+            return [index[n] for n in names]
+        except KeyError:
+            unknown = [n for n in names if n not in index]
+            raise UnknownBidderError(
+                [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in unknown]
+            ) from None
+
+    def score(self, bid_request: bytes, names: Sequence[str] | Sequence[bytes]) -> Scored:
+        idx = self.resolve_bidders(names)
+        req = parse_bid_request(bid_request)
+        n = len(idx)
+        rows = self._pipeline.rows(req, idx, self._clock(), out=self._rows[:n])
+        probs = self.predictor.predict(rows, self._probs[:n]).astype(np.float64)
+        return Scored(req["id"], idx, probs, probs >= self._thresholds[idx])
+
+    def score_many(
+        self, calls: Sequence[tuple[bytes, Sequence[str] | Sequence[bytes]]]
+    ) -> list[Scored | RequestError]:
+        """Score many requests with one predict call; a bad request fails only its own entry."""
+        if len(calls) > self.max_batch:
+            raise BatchTooLargeError(self.max_batch, len(calls))
+        results: list[Scored | RequestError | None] = [None] * len(calls)
+        prepared: list[tuple[int, dict[str, Any], list[int]]] = []
+        total = 0
+        for i, (raw, names) in enumerate(calls):
+            try:
+                idx = self.resolve_bidders(names)
+                prepared.append((i, parse_bid_request(raw), idx))
+                total += len(idx)
+            except RequestError as exc:
+                results[i] = exc
+        rows = np.empty((total, self._pipeline.n_features), dtype=np.float32)
+        now = self._clock()
+        start = 0
+        for _, req, idx in prepared:
+            self._pipeline.rows(req, idx, now, out=rows[start : start + len(idx)])
+            start += len(idx)
+        probs = self.predictor.predict(rows).astype(np.float64) if total else np.empty(0)
+        start = 0
+        for i, req, idx in prepared:
+            p = probs[start : start + len(idx)]
+            start += len(idx)
+            results[i] = Scored(req["id"], idx, p, p >= self._thresholds[idx])
+        return [r for r in results if r is not None]
+
+
+# ---- Thrift ---------------------------------------------------------------------------------
+
+
+def to_thrift_error(exc: RequestError | BatchTooLargeError) -> Any:
+    """The IDL exception for a request error."""
+    if isinstance(exc, InvalidJsonError):
+        return tc.InvalidJson(message=exc.message)
+    if isinstance(exc, MissingFieldError):
+        return tc.MissingField(message=exc.message, field=exc.field)
+    if isinstance(exc, UnknownBidderError):
+        return tc.UnknownBidder(message=exc.message, bidders=exc.bidders)
+    if isinstance(exc, TooManyBiddersError):
+        return tc.TooManyBidders(message=exc.message, limit=exc.limit, requested=exc.requested)
+    if isinstance(exc, BatchTooLargeError):
+        return tc.BatchTooLarge(message=exc.message, limit=exc.limit, requested=exc.requested)
+    # A RequestError subclass the IDL has no exception for: an internal error, not a silent 0.
+    raise TypeError(f"no Thrift exception for {type(exc).__name__}") from exc
+
+
+class ThriftHandler:
+    """The ModelServer service for thriftpy2's processor (every call but the fast `score`)."""
+
+    def __init__(self, service: ScoringService, stats: WorkerStats) -> None:
+        self._service = service
+        self._stats = stats
+
+    def _response(self, scored: Scored) -> Any:
+        bidders = self._service.bidders
+        return tc.ScoreResponse(
+            request_id=scored.request_id,
+            model_version=self._service.version,
+            scores=[
+                tc.BidderScore(bidder=bidders[b], probability=p, forward=f)
+                for b, p, f in zip(
+                    scored.bidder_idx,
+                    scored.probabilities.tolist(),
+                    scored.forward.tolist(),
+                    strict=True,
+                )
+            ],
+        )
+
+    def score(self, bid_request: bytes, bidders: list[str]) -> Any:
+        try:
+            scored = self._service.score(bid_request, bidders or [])
+        except RequestError as exc:
+            self._stats.error(exc.thrift_name)
+            raise to_thrift_error(exc) from None
+        self._stats.bidders.observe(len(scored.bidder_idx))
+        return self._response(scored)
+
+    def score_batch(self, requests: list[Any]) -> list[Any]:
+        calls = [(r.bid_request or b"", r.bidders or []) for r in (requests or [])]
+        try:
+            results = self._service.score_many(calls)
+        except BatchTooLargeError as exc:
+            self._stats.error(exc.thrift_name)
+            raise to_thrift_error(exc) from None
+        out = []
+        for r in results:
+            if isinstance(r, Scored):
+                self._stats.bidders.observe(len(r.bidder_idx))
+                out.append(tc.BatchResult(response=self._response(r)))
+            else:
+                self._stats.error(r.thrift_name)
+                out.append(tc.BatchResult(error_type=r.thrift_name, error_message=r.message))
+        return out
+
+    def info(self) -> Any:
+        s = self._service
+        return tc.ModelInfo(
+            name=s.name,
+            version=s.version,
+            sha256=s.sha256,
+            bidders=list(s.bidders),
+            feature_count=s.model.pipeline.n_features,
+            backend=s.backend,
+            thresholds=s.thresholds(),
+        )
+
+
+class FrameHandler:
+    """One Thrift frame (without its length prefix) in, one framed reply out."""
+
+    def __init__(self, service: ScoringService, stats: WorkerStats) -> None:
+        self._service = service
+        self._stats = stats
+        self._processor = TProcessor(tc.ModelServer, ThriftHandler(service, stats))
+        self._encoder = ScoreReplyEncoder(service.bidders, service.version)
+
+    def _internal_error(self, method: str, exc: Exception) -> None:
+        self._stats.error(INTERNAL)
+        log.error("internal error", exc_info=exc, extra=kv(method=method))
+
+    def handle(self, frame: bytes) -> tuple[str, bytes]:
+        """(method, framed reply); raises MalformedFrameError for an undecodable frame."""
+        name, mtype, seqid, pos = parse_message_header(frame)
+        if name == "score" and mtype == TMessageType.CALL:
+            args = decode_score_args(frame, pos)
+            if args is not None:
+                return name, self._score(seqid, *args)
+        return generic_call(self._processor, frame, self._internal_error)
+
+    def _score(self, seqid: int, bid_request: bytes, names: list[bytes]) -> bytes:
+        try:
+            s = self._service.score(bid_request, names)
+        except RequestError as exc:
+            self._stats.error(exc.thrift_name)
+            result = tc.ModelServer.score_result()
+            thrift_exc = to_thrift_error(exc)
+            for _, (_, field_name, exc_cls, _) in result.thrift_spec.items():
+                if field_name != "success" and isinstance(thrift_exc, exc_cls):
+                    setattr(result, field_name, thrift_exc)
+            return encode_reply(tc.ModelServer, "score", seqid, result)
+        except Exception as exc:
+            self._internal_error("score", exc)
+            return encode_exception(
+                "score", seqid, TApplicationException.INTERNAL_ERROR, "internal error in score"
+            )
+        self._stats.bidders.observe(len(s.bidder_idx))
+        return self._encoder.encode(seqid, s.request_id, s.bidder_idx, s.probabilities, s.forward)

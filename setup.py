@@ -1,0 +1,15 @@
+"""Declares the native tree evaluator; every other piece of metadata lives in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "model_server.native._forest",
+            sources=["model_server/native/forest.c"],
+            # Portable flags only: the same wheel must run on any arm64 / amd64 CPU, and no
+            # fast-math, which would break the NaN (missing value) tests the evaluator relies on.
+            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
+        )
+    ],
+)
