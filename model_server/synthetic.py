@@ -195,6 +195,8 @@ class TrafficGenerator:
         seed: int = 0,
         n_bidders: int = 16,
         *,
+        stream: int = 0,
+        at: float | None = None,
         n_sites: int = 20_000,
         n_apps: int = 8_000,
         n_publishers: int = 6_000,
@@ -213,6 +215,9 @@ class TrafficGenerator:
         self.seed = seed
         self.start = start
         self.days = days
+        # A server scores requests with its own clock; traffic it scores live is pinned to `at`
+        # (usually now) so the hour and weekday that drive each DSP's ground truth match.
+        self.at = at
         self.app_share = app_share
         self.bidders = [f"dsp-{i:02d}" for i in range(1, n_bidders + 1)]
         world = random.Random(f"rtbserve-world-{seed}")
@@ -233,8 +238,11 @@ class TrafficGenerator:
         }
         self._dsps = [self._make_dsp(world, name, min_rate, max_rate) for name in self.bidders]
         self._build_tables()
-        self._rng = random.Random(f"rtbserve-traffic-{seed}")
-        self._coins = np.random.default_rng([seed, 0x5EED])
+        # The world (sites, DSPs) comes from `seed` alone; `stream` picks an independent sequence
+        # of requests in it, so load tests can score traffic the model never trained on.
+        suffix = f"-{stream}" if stream else ""
+        self._rng = random.Random(f"rtbserve-traffic-{seed}{suffix}")
+        self._coins = np.random.default_rng([seed, 0x5EED, stream] if stream else [seed, 0x5EED])
         self._buffer: list[SyntheticRequest] = []
         # Who-bid sets as bitmasks (when they fit in an int64) so equal sets are shared.
         self._bits = (1 << np.arange(n_bidders, dtype=np.int64)) if n_bidders <= 62 else None
@@ -401,10 +409,11 @@ class TrafficGenerator:
 
     def _calibrate(self, min_rate: float, max_rate: float) -> None:
         """Scale each DSP so its average bid probability equals a target drawn in the range."""
-        saved = self._rng
-        self._rng = random.Random(f"rtbserve-calibrate-{self.seed}")
+        saved, saved_at = self._rng, self.at
+        # The world must not depend on `at`: calibrate on the whole daily cycle.
+        self._rng, self.at = random.Random(f"rtbserve-calibrate-{self.seed}"), None
         probe = [self._draw()[2] for _ in range(4000)]
-        self._rng = saved
+        self._rng, self.at = saved, saved_at
         mean = self._probabilities(probe).mean(axis=0)
         targets = random.Random(f"rtbserve-rates-{self.seed}")
         for i, dsp in enumerate(self._dsps):
@@ -449,6 +458,9 @@ class TrafficGenerator:
         day = int(rnd() * self.days)
         hour = self._pick_hour(rng)
         ts = self.start + day * 86400.0 + hour * 3600.0 + float(int(rnd() * 3600.0))
+        if self.at is not None:
+            ts = self.at
+            hour = int(ts % 86400.0 // 3600.0)
         country, _, regions = self._pick_country(rng)
         region = regions[int(rnd() * rnd() * len(regions))]  # skewed toward the first regions
         gdpr = 1 if country in _EU else 0

@@ -1,0 +1,219 @@
+"""Merging workers: one latency histogram, one per-second series, one set of counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from loadgen.recorder import new_histogram
+from loadgen.records import Quality, SecondReport, WorkerResult
+from loadgen.schedule import RateSchedule
+
+
+def merge_histograms(encoded: Iterable[bytes]) -> HdrHistogram:
+    """Sum of the workers' encoded histograms (counts add bucket by bucket)."""
+    merged = new_histogram()
+    for blob in encoded:
+        merged.decode_and_add(blob)
+    return merged
+
+
+@dataclass
+class SecondRow:
+    """The requests due in one second of the measured window, over all workers."""
+
+    second: int
+    target_rate: float
+    sent: int
+    ok: int
+    errors: int
+    dropped: int
+    late: int
+    #: replies and errors that completed during this second of wall time
+    completed: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+class SeriesBuilder:
+    """Collects each worker's `SecondReport`s; a second is final once every worker sent it."""
+
+    def __init__(self, workers: int, schedule: RateSchedule) -> None:
+        self.workers = workers
+        self.schedule = schedule
+        self._parts: dict[int, list[SecondReport]] = {}
+        self.rows: dict[int, SecondRow] = {}
+
+    def add(self, report: SecondReport) -> SecondRow | None:
+        parts = self._parts.setdefault(report.second, [])
+        parts.append(report)
+        if len(parts) < self.workers:
+            return None
+        del self._parts[report.second]
+        row = self._row(report.second, parts)
+        self.rows[row.second] = row
+        return row
+
+    def _row(self, second: int, parts: list[SecondReport]) -> SecondRow:
+        lat = np.concatenate([np.frombuffer(p.latencies_us, dtype=np.int64) for p in parts])
+        p50 = p99 = peak = None
+        if lat.size:
+            p50, p99 = (float(v) / 1000.0 for v in np.percentile(lat, [50, 99]))
+            peak = float(lat.max()) / 1000.0
+        end = min(second + 1.0, self.schedule.duration)
+        return SecondRow(
+            second=second,
+            target_rate=self.schedule.rate_at((second + end) / 2.0),
+            sent=sum(p.sent for p in parts),
+            ok=int(lat.size),
+            errors=sum(p.errors for p in parts),
+            dropped=sum(p.dropped for p in parts),
+            late=sum(p.late for p in parts),
+            completed=0,
+            p50_ms=p50,
+            p99_ms=p99,
+            max_ms=peak,
+        )
+
+    def finish(self, completions: list[int]) -> list[SecondRow]:
+        """Every second in order, with wall-clock completions filled in."""
+        for second in sorted(self._parts):  # workers that stopped early
+            self.rows[second] = self._row(second, self._parts.pop(second))
+        rows = [self.rows[s] for s in sorted(self.rows)]
+        for row in rows:
+            row.completed = completions[row.second] if row.second < len(completions) else 0
+        return rows
+
+
+@dataclass
+class RunResult:
+    """A finished run, all workers merged."""
+
+    target: str
+    schedule: RateSchedule
+    workers: int
+    connections: int
+    started_at: datetime
+    histogram: HdrHistogram
+    series: list[SecondRow]
+    scheduled: int
+    sent: int
+    ok: int
+    errors: dict[str, int] = field(default_factory=dict)
+    error_examples: dict[str, str] = field(default_factory=dict)
+    connect_errors: dict[str, int] = field(default_factory=dict)
+    disconnects: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+    late: int = 0
+    retried: int = 0
+    stray_replies: int = 0
+    warmup_requests: int = 0
+    max_lag_s: float = 0.0
+    cpu_s: float = 0.0
+    last_completion_s: float = 0.0
+    quality: Quality = field(default_factory=Quality)
+    #: each worker's own histogram, `encode()`d; `histogram` is their sum
+    worker_histograms: list[bytes] = field(default_factory=list)
+    #: set when the run stopped early (e.g. the target went away); results are partial
+    aborted: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.schedule.duration
+
+    @property
+    def elapsed_s(self) -> float:
+        """Measured wall time: the schedule, or longer if the last reply came after it."""
+        return max(self.schedule.duration, self.last_completion_s)
+
+    @property
+    def target_rate(self) -> float:
+        return self.schedule.mean_rate()
+
+    @property
+    def achieved_rate(self) -> float:
+        """Successful replies per second of the measured window.
+
+        Replies that arrive after the window (up to --timeout) still count: they answer
+        requests due in it. A stopped run counts up to its last reply.
+        """
+        window = self.last_completion_s if self.aborted else self.schedule.duration
+        return self.ok / window if window > 0 else 0.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def error_ratio(self) -> float:
+        return self.error_count / self.scheduled if self.scheduled else 0.0
+
+    def percentile_ms(self, percentile: float) -> float:
+        if self.histogram.get_total_count() == 0:
+            return 0.0
+        return float(self.histogram.get_value_at_percentile(percentile)) / 1000.0
+
+    @property
+    def max_ms(self) -> float:
+        return float(self.histogram.get_max_value()) / 1000.0 if self.ok else 0.0
+
+
+def merge_results(
+    results: list[WorkerResult],
+    *,
+    target: str,
+    schedule: RateSchedule,
+    connections: int,
+    started_at: datetime,
+    series: SeriesBuilder,
+) -> RunResult:
+    def add_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for d in dicts:
+            for key, value in d.items():
+                total[key] = total.get(key, 0) + value
+        return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+    examples: dict[str, str] = {}
+    for r in results:
+        for key, message in r.error_examples.items():
+            examples.setdefault(key, message)
+    width = max((len(r.completions_per_second) for r in results), default=0)
+    completions = [
+        sum(r.completions_per_second[s] for r in results if s < len(r.completions_per_second))
+        for s in range(width)
+    ]
+    quality = Quality()
+    for r in results:
+        quality.add(r.quality)
+    return RunResult(
+        target=target,
+        schedule=schedule,
+        workers=len(results),
+        connections=connections,
+        started_at=started_at,
+        histogram=merge_histograms(r.histogram for r in results),
+        series=series.finish(completions),
+        scheduled=sum(r.scheduled for r in results),
+        sent=sum(r.sent for r in results),
+        ok=sum(r.ok for r in results),
+        errors=add_counts(r.errors for r in results),
+        error_examples=examples,
+        connect_errors=add_counts(r.connect_errors for r in results),
+        disconnects=add_counts(r.disconnects for r in results),
+        dropped=sum(r.dropped for r in results),
+        late=sum(r.late for r in results),
+        retried=sum(r.retried for r in results),
+        stray_replies=sum(r.stray_replies for r in results),
+        warmup_requests=sum(r.warmup_requests for r in results),
+        max_lag_s=max((r.max_lag_s for r in results), default=0.0),
+        cpu_s=sum(r.cpu_s for r in results),
+        last_completion_s=max((r.last_completion_s for r in results), default=0.0),
+        quality=quality,
+        worker_histograms=[r.histogram for r in results],
+    )

@@ -1,0 +1,106 @@
+"""Record a run's summary in its InferenceModel's `status.lastLoadTest`.
+
+A JSON merge patch through the status subresource, so only `lastLoadTest` changes and the
+operator's own status fields are left alone. Configuration: in-cluster (service account)
+when running in a pod, else KUBECONFIG / ~/.kube/config.
+
+`status.lastLoadTest` (the CRD must allow these fields):
+    time             string, RFC 3339 (UTC): when the run finished
+    targetRate       number: scheduled requests per second (mean over the run)
+    achievedRate     number: successful replies per second
+    p50Ms, p99Ms     number: latency percentiles in milliseconds
+    errors           integer: failed requests
+    requests         integer: requests scheduled in the measured window
+    durationSeconds  number: measured window length
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+from loadgen.aggregate import RunResult
+from loadgen.exit_codes import ExitCode, LoadgenError
+
+GROUP = "rtbserve.io"
+VERSION = "v1alpha1"
+PLURAL = "inferencemodels"
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def last_load_test(result: RunResult) -> dict[str, Any]:
+    finished = result.started_at + timedelta(seconds=result.elapsed_s)
+    return {
+        "time": finished.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "targetRate": round(result.target_rate, 3),
+        "achievedRate": round(result.achieved_rate, 3),
+        "p50Ms": round(result.percentile_ms(50), 3),
+        "p99Ms": round(result.percentile_ms(99), 3),
+        "errors": result.error_count,
+        "requests": result.scheduled,
+        "durationSeconds": round(result.duration_s, 3),
+    }
+
+
+def _load_config() -> str | None:
+    """Load client configuration; returns the kubeconfig's namespace when it names one."""
+    from kubernetes import config as kube_config
+
+    config: Any = kube_config  # the client's config helpers are untyped
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return None
+    try:
+        config.load_kube_config()
+        _, context = config.list_kube_config_contexts()
+    except config.ConfigException as exc:
+        raise LoadgenError(
+            ExitCode.PUBLISH_FAILED,
+            f"no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}",
+        ) from None
+    namespace = (context or {}).get("context", {}).get("namespace")
+    return namespace if isinstance(namespace, str) else None
+
+
+def default_namespace(kubeconfig_namespace: str | None) -> str:
+    if _SA_NAMESPACE.is_file():
+        return _SA_NAMESPACE.read_text().strip()
+    return kubeconfig_namespace or "default"
+
+
+def write_last_load_test(name: str, namespace: str | None, summary: dict[str, Any]) -> str:
+    """Patch `status.lastLoadTest` of InferenceModel `namespace/name`; returns the namespace."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    ns = namespace or default_namespace(_load_config())
+    if namespace:
+        _load_config()
+    api = client.CustomObjectsApi()
+    try:
+        api.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+            {"status": {"lastLoadTest": summary}},
+            _content_type="application/merge-patch+json",
+        )
+    except ApiException as exc:
+        reason = {
+            404: f"InferenceModel {ns}/{name} not found (is the CRD installed, the name right?)",
+            403: "forbidden: the service account needs 'patch' on inferencemodels/status",
+            422: f"the API server rejected status.lastLoadTest: {exc.body}",
+        }.get(exc.status or 0, f"HTTP {exc.status}: {exc.reason}")
+        raise LoadgenError(
+            ExitCode.PUBLISH_FAILED, f"cannot write load-test status: {reason}"
+        ) from None
+    except (HTTPError, OSError) as exc:
+        raise LoadgenError(
+            ExitCode.PUBLISH_FAILED, f"cannot reach the Kubernetes API: {exc}"
+        ) from None
+    return ns
