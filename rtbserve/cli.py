@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-# subcommand -> (module, function, one-line help). Each function takes argv and returns an exit code.
+# subcommand -> (module, function, help). Each function takes argv and returns an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("model_server.serve_cli", "main", "serve a model artifact over Thrift"),
     "train": ("model_server.train_cli", "main", "train a model and write an artifact"),
