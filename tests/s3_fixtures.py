@@ -18,108 +18,34 @@ It offers `endpoint_url`, `env` (credentials, region and AWS_ENDPOINT_URL for su
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
-_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-_START_TIMEOUT = 30.0
+from rtbserve.local_s3 import LocalS3
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class S3Server:
-    endpoint_url: str
-    process: subprocess.Popen[bytes]
-    env: dict[str, str] = field(default_factory=dict)
-
-    def client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this server (extra kwargs go to botocore's Config)."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=_CREDENTIALS["AWS_DEFAULT_REGION"],
-            aws_access_key_id=_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            config=Config(**config) if config else None,
-        )
-
-    def make_bucket(self, name: str | None = None, versioned: bool = True) -> str:
-        bucket = name or f"test-{uuid.uuid4().hex[:12]}"
-        s3 = self.client()
-        s3.create_bucket(Bucket=bucket)
-        if versioned:
-            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        return bucket
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited early with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=1.0):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server at {url} did not answer within {_START_TIMEOUT:.0f}s")
+# The fixture's type, for annotations in tests.
+S3Server = LocalS3
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    saved = {k: os.environ.get(k) for k in [*_CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    os.environ.update(_CREDENTIALS)
-    os.environ["AWS_ENDPOINT_URL"] = url
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_ready(url, proc)
-        yield S3Server(url, proc, {**_CREDENTIALS, "AWS_ENDPOINT_URL": url})
-    finally:
-        proc.terminate()
+def s3_server() -> Iterator[LocalS3]:
+    with LocalS3() as server:
+        saved = {k: os.environ.get(k) for k in server.env}
+        os.environ.update(server.env)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            yield server
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
+def s3_bucket(s3_server: LocalS3) -> str:
     return s3_server.make_bucket()
 
 
