@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.artifacts import train_artifact
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRD_PATH = REPO_ROOT / "crds" / "inferencemodel.yaml"
 RBAC_PATH = REPO_ROOT / "operator" / "rbac.yaml"
@@ -85,24 +87,7 @@ class PublishedModels:
 
 
 def _train_artifact(out: Path, seed: int, version: str) -> Path:
-    from model_server.artifact import write_artifact
-    from model_server.training import TrainConfig, synthetic_examples, train
-
-    result = train(
-        synthetic_examples(1500, seed=seed, n_bidders=4),
-        TrainConfig(trees=8, max_depth=4, seed=seed),
-    )
-    write_artifact(
-        out,
-        result.booster,
-        result.pipeline,
-        result.thresholds,
-        result.metrics,
-        name="small",
-        version=version,
-        params=result.params,
-    )
-    return out
+    return train_artifact(out, seed=seed, version=version).path
 
 
 @pytest.fixture(scope="session")

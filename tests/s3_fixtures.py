@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from rtbserve.local_s3 import LocalS3
+from tests.artifacts import train_artifact
 
 # The fixture's type, for annotations in tests.
 S3Server = LocalS3
@@ -51,21 +52,5 @@ def s3_bucket(s3_server: LocalS3) -> str:
 
 @pytest.fixture(scope="session")
 def small_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_server.artifact import write_artifact
-    from model_server.training import TrainConfig, synthetic_examples, train
-
-    result = train(
-        synthetic_examples(1500, seed=7, n_bidders=4), TrainConfig(trees=8, max_depth=4, seed=7)
-    )
     out = tmp_path_factory.mktemp("artifact") / "small-model"
-    write_artifact(
-        out,
-        result.booster,
-        result.pipeline,
-        result.thresholds,
-        result.metrics,
-        name="small",
-        version="test-1",
-        params=result.params,
-    )
-    return out
+    return train_artifact(out, seed=7, version="test-1").path

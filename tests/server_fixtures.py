@@ -35,6 +35,8 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.artifacts import train_artifact
+
 START_TIMEOUT = 90.0  # seconds; workers import xgboost and warm up before /readyz turns 200
 STOP_TIMEOUT = 30.0
 
@@ -209,20 +211,9 @@ def running_rtbserve(
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A small trained artifact: 8 synthetic bidders, 20 trees of depth 4."""
-    from model_server.artifact import write_artifact
-    from model_server.training import TrainConfig, synthetic_examples, train
-
-    examples = synthetic_examples(800, seed=11, n_bidders=8)
-    result = train(examples, TrainConfig(trees=20, max_depth=4, seed=11, threads=1))
-    return write_artifact(
-        tmp_path_factory.mktemp("tiny-artifact"),
-        result.booster,
-        result.pipeline,
-        result.thresholds,
-        result.metrics,
-        "tiny",
-        "v-test",
-        result.params,
+    out = tmp_path_factory.mktemp("tiny-artifact")
+    return train_artifact(
+        out, seed=11, version="v-test", name="tiny", requests=800, bidders=8, trees=20
     )
 
 
