@@ -6,6 +6,11 @@ its reply, mostly building one Python object per BidderScore. Here the call is d
 Only `score` takes this path; every other call, and any `score` frame this decoder does not
 recognise field by field, goes through thriftpy2 (`generic_call`), so the wire format stays
 thriftpy2's. Tests check the bytes against thriftpy2's encoder.
+
+On the server's path a repeated bidder list is recognised by its bytes (`RecentBidderLists`)
+and a reply is one native call (`ScoreReplyEncoder.encode_scores`, which writes the float32
+probabilities and their forward flags into the cached reply bytes); `encode` is the numpy
+form that `encode_scores` is tested against.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from numpy.typing import NDArray
 from thriftpy2.protocol import TCyBinaryProtocol
 from thriftpy2.thrift import TApplicationException, TMessageType, TProcessor
 from thriftpy2.transport import TCyMemoryBuffer
+
+_score_reply: Callable[..., bytes] | None
+try:  # the reply in one C call (model_server/native/request_path.h); numpy when not built
+    from model_server.native._forest import score_reply as _score_reply
+except ImportError:  # pragma: no cover - depends on the build
+    _score_reply = None
 
 VERSION_1 = 0x80010000
 VERSION_MASK = 0xFFFF0000
@@ -66,11 +77,40 @@ def parse_message_header(frame: bytes) -> tuple[str, int, int, int]:
     return name, mtype, seqid, pos + 4
 
 
-def decode_score_args(frame: bytes, pos: int) -> tuple[bytes, list[bytes]] | None:
+class RecentBidderLists:
+    """The last few encoded bidder lists and their names, so a repeat is not parsed again.
+
+    Clients send the same candidate list call after call. Decoding is a function of the
+    bytes, so a frame whose bytes at the list's position start with a remembered list's bytes
+    holds exactly that list; the comparison is one memcmp instead of a loop over the names.
+    """
+
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[bytes, tuple[bytes, ...]]] = []
+
+    def match(self, frame: bytes, pos: int) -> tuple[list[bytes], int] | None:
+        """(names, position after the list) when a remembered list starts at `pos`."""
+        for encoded, names in self._entries:
+            if frame.startswith(encoded, pos):
+                return list(names), pos + len(encoded)
+        return None
+
+    def remember(self, encoded: bytes, names: Sequence[bytes]) -> None:
+        if len(self._entries) >= self.SIZE:
+            self._entries.pop()
+        self._entries.insert(0, (encoded, tuple(names)))
+
+
+def decode_score_args(
+    frame: bytes, pos: int, recent: RecentBidderLists | None = None
+) -> tuple[bytes, list[bytes]] | None:
     """(bid_request, bidder names as bytes) of a `score` call; None for anything unusual.
 
     None means "let thriftpy2 decode it": unknown fields, fields in an unexpected type, a
-    missing field. A frame that ends early raises MalformedFrameError.
+    missing field. A frame that ends early raises MalformedFrameError. `recent`, when given,
+    short-cuts bidder lists seen before and remembers new ones.
     """
     end = len(frame)
     bid_request: bytes | None = None
@@ -91,6 +131,10 @@ def decode_score_args(frame: bytes, pos: int) -> tuple[bytes, list[bytes]] | Non
                 bid_request = frame[pos : pos + n]
                 pos += n
             elif fid == 2 and ftype == T_LIST and frame[pos] == T_STRING:
+                if recent is not None and (seen := recent.match(frame, pos)) is not None:
+                    bidders, pos = seen
+                    continue
+                list_start = pos
                 (count,) = _I32.unpack_from(frame, pos + 1)
                 pos += 5
                 if count < 0 or pos + 4 * count > end:
@@ -103,6 +147,8 @@ def decode_score_args(frame: bytes, pos: int) -> tuple[bytes, list[bytes]] | Non
                         raise MalformedFrameError("a bidder name runs past the frame")
                     bidders.append(frame[pos : pos + n])
                     pos += n
+                if recent is not None:
+                    recent.remember(frame[list_start:pos], bidders)
             else:
                 return None
     except (struct.error, IndexError) as exc:
@@ -123,6 +169,13 @@ class _ReplyTemplate:
     tail: bytes  # from the list header to the end of the message
     double_pos: NDArray[np.intp]  # where each probability's 8 bytes go, flattened
     bool_pos: NDArray[np.intp]  # where each forward flag goes
+    positions: tuple[int, ...]  # where each probability starts (its flag is _FLAG_OFFSET on)
+    thresholds: NDArray[np.float64]  # each scored bidder's threshold (NaN: none given)
+
+
+# From the start of a BidderScore's probability to its forward flag: 8 value bytes, then the
+# bool field's 3-byte header.
+_FLAG_OFFSET = 11
 
 
 class ScoreReplyEncoder:
@@ -135,11 +188,23 @@ class ScoreReplyEncoder:
 
     MAX_TEMPLATES = 4096  # distinct bidder selections remembered; then the cache starts over
 
-    def __init__(self, bidders: Sequence[str], model_version: str) -> None:
+    def __init__(
+        self,
+        bidders: Sequence[str],
+        model_version: str,
+        thresholds: Sequence[float] | None = None,
+    ) -> None:
         # Everything of a BidderScore before its probability's 8 bytes.
         self._prefix = [b"\x0b\x00\x01" + _string(b.encode()) + b"\x04\x00\x02" for b in bidders]
         self._version_field = b"\x0b\x00\x02" + _string(model_version.encode())
         self._head = _U32.pack(VERSION_1 | TMessageType.REPLY) + _string(b"score")
+        # Frame length, message header, seqid, success + request_id field headers, id length.
+        self._head_struct = struct.Struct(f">i{len(self._head)}si6si")
+        self._thresholds = np.array(
+            thresholds if thresholds is not None else [np.nan] * len(bidders), dtype=np.float64
+        )
+        if self._thresholds.shape != (len(bidders),):
+            raise ValueError("thresholds must have one entry per bidder")
         self._templates: dict[tuple[int, ...], _ReplyTemplate] = {}
 
     def _template(self, key: tuple[int, ...]) -> _ReplyTemplate:
@@ -147,19 +212,23 @@ class ScoreReplyEncoder:
         size = sum(map(len, parts))
         double_pos: list[int] = []
         bool_pos: list[int] = []
+        positions: list[int] = []
         for b in key:
             parts.append(self._prefix[b])
             size += len(self._prefix[b])
+            positions.append(size)
             double_pos.extend(range(size, size + 8))
             # 8 value bytes, then field 3 (bool) header, the flag and the struct's stop byte.
             parts.append(bytes(8) + b"\x02\x00\x03\x00\x00")
-            bool_pos.append(size + 11)
+            bool_pos.append(size + _FLAG_OFFSET)
             size += 13
         parts.append(b"\x00\x00")  # stop: ScoreResponse, then the result struct
         template = _ReplyTemplate(
             b"".join(parts),
             np.asarray(double_pos, dtype=np.intp),
             np.asarray(bool_pos, dtype=np.intp),
+            tuple(positions),
+            np.ascontiguousarray(self._thresholds[list(key)]),
         )
         if len(self._templates) >= self.MAX_TEMPLATES:
             self._templates.clear()
@@ -181,18 +250,38 @@ class ScoreReplyEncoder:
         view = np.frombuffer(tail, dtype=np.uint8)
         view[template.double_pos] = probabilities.astype(">f8").view(np.uint8)
         view[template.bool_pos] = forward
-        rid = request_id.encode()
-        head_len = len(self._head) + 4 + 3 + 3 + 4 + len(rid)
-        return b"".join(
-            (
-                _I32.pack(head_len + len(tail)),
-                self._head,
-                _I32.pack(seqid),
-                b"\x0c\x00\x00\x0b\x00\x01",  # success: ScoreResponse; field 1 request_id
-                _I32.pack(len(rid)),
-                rid,
-                tail,
-            )
+        return self._header(seqid, request_id.encode(), len(tail)) + tail
+
+    def _header(self, seqid: int, rid: bytes, tail_len: int) -> bytes:
+        """Everything of a reply before its scores list (`tail_len` bytes follow it)."""
+        head = self._head
+        size = len(head) + 4 + 3 + 3 + 4 + len(rid) + tail_len
+        # success: ScoreResponse; field 1 request_id
+        return (
+            self._head_struct.pack(size, head, seqid, b"\x0c\x00\x00\x0b\x00\x01", len(rid)) + rid
+        )
+
+    def encode_scores(
+        self,
+        seqid: int,
+        request_id: str,
+        bidder_idx: Sequence[int],
+        probabilities: NDArray[np.float32],
+    ) -> bytes:
+        """`encode` with the forward flags taken from the thresholds given at construction.
+
+        The same bytes as ``encode(seqid, request_id, bidder_idx, p, p >= thresholds)`` with
+        ``p = probabilities.astype(np.float64)``, in one native call where it is built.
+        """
+        key = tuple(bidder_idx)
+        template = self._templates.get(key) or self._template(key)
+        if _score_reply is None:
+            p = probabilities.astype(np.float64)
+            return self.encode(seqid, request_id, key, p, p >= template.thresholds)
+        tail = template.tail
+        head = self._header(seqid, request_id.encode(), len(tail))
+        return _score_reply(
+            head, tail, template.positions, _FLAG_OFFSET, probabilities, template.thresholds
         )
 
 

@@ -10,7 +10,9 @@
     pipeline.to_dict() / FeaturePipeline.from_dict(d)     # exact round trip (the manifest)
 
 rows() only reads the pipeline's tables (plus a bounded cache of codes for unseen long-tail
-values), so one pipeline can serve many threads.
+values), so one pipeline can serve many threads. It assembles rows in one native call
+(`model_server/native/request_path.h`) where the extension is built, else in numpy
+(`_fill_rows_numpy`, which tests hold the native call to, bit for bit).
 
 Every feature is a float32 and NaN means missing. A row is the request-level features
 (formats, floors, inventory, device, geo, privacy signals, time, deals, and vocabulary codes for
@@ -43,6 +45,12 @@ import numpy as np
 import numpy.typing as npt
 
 from model_server.errors import UnknownBidderError
+
+_fill_rows: Callable[..., None] | None
+try:  # one C call instead of several numpy calls per request; numpy when it is not built
+    from model_server.native._forest import fill_rows as _fill_rows
+except ImportError:  # pragma: no cover - depends on the build
+    _fill_rows = None
 
 FORMAT_VERSION = 1
 NAN = float("nan")
@@ -632,14 +640,20 @@ class FeaturePipeline:
         elif out.shape != (n, self.n_features) or out.dtype != np.float32:
             raise ValueError(f"out must be float32 of shape {(n, self.n_features)}")
         nums, cols = self._encode(req, now)
+        if _fill_rows is not None and out.flags.c_contiguous:
+            _fill_rows(nums, cols, bidder_idx, self._bidder_table, out)
+        else:
+            self._fill_rows_numpy(nums, cols, bidder_idx, out)
+        return out
+
+    def _fill_rows_numpy(
+        self, nums: list[float], cols: list[int], bidder_idx: Sequence[int], out: np.ndarray
+    ) -> None:
+        """What the native fill_rows does, in numpy: the fallback and its reference."""
         r = self.n_request_features
         out[:, :r] = np.array(nums, dtype=np.float32)  # broadcast into every row
         # Bidder columns in one gather: `cols` picks index, overall rate and the cross rates.
-        if n == len(self.bidders) and bidder_idx == self._all_bidders:
-            out[:, r:] = self._bidder_table[:, cols]
-        else:
-            out[:, r:] = self._bidder_table[np.asarray(bidder_idx, dtype=np.intp)[:, None], cols]
-        return out
+        out[:, r:] = self._bidder_table[np.asarray(bidder_idx, dtype=np.intp)[:, None], cols]
 
     def matrix(
         self,

@@ -2,6 +2,7 @@
 
     service = ScoringService(loaded_model, predictor, max_bidders=64, max_batch=256)
     scored = service.score(raw_json_bytes, ["dsp-01", "dsp-07"])   # raises RequestError
+    rid, idx, p32 = service.score_float32(raw, names)  # the hot path's form: no flags, no copies
     handler = FrameHandler(service, stats)
     method, reply = handler.handle(frame)          # raises MalformedFrameError
 
@@ -33,6 +34,7 @@ from model_server.errors import (
     UnknownBidderError,
 )
 from model_server.fast_codec import (
+    RecentBidderLists,
     ScoreReplyEncoder,
     decode_score_args,
     encode_exception,
@@ -46,6 +48,8 @@ from model_server.openrtb import parse_bid_request
 from model_server.predictor import Predictor
 
 log = logging.getLogger(__name__)
+
+RESOLVED_LISTS_LIMIT = 4096  # distinct bidder lists remembered; then the cache starts over
 
 
 class BatchTooLargeError(Exception):
@@ -99,12 +103,16 @@ class ScoringService:
         for i, name in enumerate(self.bidders):
             self._index[name] = i
             self._index[name.encode()] = i
+        self._resolved: dict[tuple[str | bytes, ...], list[int]] = {}
         self._thresholds = np.array(
             [model.manifest.thresholds[b] for b in self.bidders], dtype=np.float64
         )
         capacity = max(max_bidders, len(self.bidders))
-        self._rows = np.empty((capacity, model.pipeline.n_features), dtype=np.float32)
-        self._probs = np.empty(capacity, dtype=np.float32)
+        rows = np.empty((capacity, model.pipeline.n_features), dtype=np.float32)
+        probs = np.empty(capacity, dtype=np.float32)
+        # Views of the first n rows and outputs, for every n, made once rather than per call.
+        self._row_views = [rows[:n] for n in range(capacity + 1)]
+        self._prob_views = [probs[:n] for n in range(capacity + 1)]
 
     # ---- identity ----------------------------------------------------------------------
     @property
@@ -128,27 +136,55 @@ class ScoringService:
 
     # ---- scoring -----------------------------------------------------------------------
     def resolve_bidders(self, names: Sequence[str] | Sequence[bytes]) -> list[int]:
-        """Model indices of `names`; an empty list means every bidder of the model."""
+        """Model indices of `names`; an empty list means every bidder of the model.
+
+        The list returned may be shared with other calls: read it, never change it.
+        """
         if not names:
             return self._all
         if len(names) > self.max_bidders:
             raise TooManyBiddersError(self.max_bidders, len(names))
+        # Callers name the same candidates call after call: resolve each distinct list once.
+        key: tuple[str | bytes, ...] = (*names,)
+        idx = self._resolved.get(key)
+        if idx is not None:
+            return idx
         index = self._index
         try:
-            return [index[n] for n in names]
+            idx = [index[n] for n in names]
         except KeyError:
             unknown = [n for n in names if n not in index]
             raise UnknownBidderError(
                 [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in unknown]
             ) from None
+        if len(self._resolved) >= RESOLVED_LISTS_LIMIT:
+            self._resolved.clear()
+        self._resolved[key] = idx
+        return idx
 
-    def score(self, bid_request: bytes, names: Sequence[str] | Sequence[bytes]) -> Scored:
+    @property
+    def bidder_thresholds(self) -> list[float]:
+        """Each bidder's threshold, in the model's bidder order."""
+        return [float(t) for t in self._thresholds]
+
+    def score_float32(
+        self, bid_request: bytes, names: Sequence[str] | Sequence[bytes]
+    ) -> tuple[str, list[int], NDArray[np.float32]]:
+        """(request id, bidder indices, probabilities) without the forward flags.
+
+        The probabilities live in a buffer the next call overwrites: the hot path encodes them
+        straight into the reply (`ScoreReplyEncoder.encode_scores`).
+        """
         idx = self.resolve_bidders(names)
         req = parse_bid_request(bid_request)
         n = len(idx)
-        rows = self._pipeline.rows(req, idx, self._clock(), out=self._rows[:n])
-        probs = self.predictor.predict(rows, self._probs[:n]).astype(np.float64)
-        return Scored(req["id"], idx, probs, probs >= self._thresholds[idx])
+        rows = self._pipeline.rows(req, idx, self._clock(), out=self._row_views[n])
+        return req["id"], idx, self.predictor.predict(rows, self._prob_views[n])
+
+    def score(self, bid_request: bytes, names: Sequence[str] | Sequence[bytes]) -> Scored:
+        request_id, idx, p = self.score_float32(bid_request, names)
+        probs = p.astype(np.float64)
+        return Scored(request_id, idx, probs, probs >= self._thresholds[idx])
 
     def score_many(
         self, calls: Sequence[tuple[bytes, Sequence[str] | Sequence[bytes]]]
@@ -269,7 +305,10 @@ class FrameHandler:
         self._service = service
         self._stats = stats
         self._processor = TProcessor(tc.ModelServer, ThriftHandler(service, stats))
-        self._encoder = ScoreReplyEncoder(service.bidders, service.version)
+        self._recent_lists = RecentBidderLists()
+        self._encoder = ScoreReplyEncoder(
+            service.bidders, service.version, service.bidder_thresholds
+        )
 
     def _internal_error(self, method: str, exc: Exception) -> None:
         self._stats.error(INTERNAL)
@@ -279,14 +318,14 @@ class FrameHandler:
         """(method, framed reply); raises MalformedFrameError for an undecodable frame."""
         name, mtype, seqid, pos = parse_message_header(frame)
         if name == "score" and mtype == TMessageType.CALL:
-            args = decode_score_args(frame, pos)
+            args = decode_score_args(frame, pos, self._recent_lists)
             if args is not None:
                 return name, self._score(seqid, *args)
         return generic_call(self._processor, frame, self._internal_error)
 
     def _score(self, seqid: int, bid_request: bytes, names: list[bytes]) -> bytes:
         try:
-            s = self._service.score(bid_request, names)
+            request_id, idx, probabilities = self._service.score_float32(bid_request, names)
         except RequestError as exc:
             self._stats.error(exc.thrift_name)
             result = tc.ModelServer.score_result()
@@ -300,5 +339,5 @@ class FrameHandler:
             return encode_exception(
                 "score", seqid, TApplicationException.INTERNAL_ERROR, "internal error in score"
             )
-        self._stats.bidders.observe(len(s.bidder_idx))
-        return self._encoder.encode(seqid, s.request_id, s.bidder_idx, s.probabilities, s.forward)
+        self._stats.bidders.observe(len(idx))
+        return self._encoder.encode_scores(seqid, request_id, idx, probabilities)

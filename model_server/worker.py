@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -138,21 +139,16 @@ class ThriftConnection(asyncio.Protocol):
                 return
             data = bytes(self.buffer)
             self.buffer.clear()
-        pos, end = 0, len(data)
+        end = len(data)
         limit = self.worker.spec.max_frame_bytes
-        while end - pos >= 4:
-            size = int.from_bytes(data[pos : pos + 4], "big", signed=True)
-            if size <= 0 or size > limit:
-                self.drop(
-                    FRAME_TOO_LARGE if size > limit else MALFORMED_FRAME,
-                    f"frame length {size} is outside 1..{limit}",
-                )
+        size = int.from_bytes(data[:4], "big", signed=True) if end >= 4 else -1
+        if 0 < size <= limit and size + 4 == end:  # the usual case: exactly one whole frame
+            if not self._answer(data[4:]):
                 return
-            if end - pos - 4 < size:
-                break
-            frame = data[4:] if pos == 0 and size + 4 == end else data[pos + 4 : pos + 4 + size]
-            pos += 4 + size
-            if not self._answer(frame):
+            pos = end
+        else:
+            pos = self._answer_many(data, limit)
+            if pos < 0:
                 return
         if pos < end:
             self.buffer += data[pos:]
@@ -167,6 +163,56 @@ class ThriftConnection(asyncio.Protocol):
         size = int.from_bytes(buf[:4], "big", signed=True)
         # An invalid length is "complete" so that data_received rejects it now.
         return size <= 0 or size > self.worker.spec.max_frame_bytes or len(buf) >= size + 4
+
+    def _answer_many(self, data: bytes, limit: int) -> int:
+        """Answer every whole frame in `data` with one write; where the rest starts (-1: dropped).
+
+        Several frames arrive together when a client pipelines or the worker falls behind;
+        one write for all their replies saves a system call per extra frame.
+        """
+        pos, end = 0, len(data)
+        replies: list[bytes] = []
+        answered: list[tuple[str, float]] = []  # (method, started) of each call in `replies`
+        dropped = False
+        while end - pos >= 4:
+            size = int.from_bytes(data[pos : pos + 4], "big", signed=True)
+            if size <= 0 or size > limit:
+                self._flush(replies, answered)  # what was answered before still goes out
+                self.drop(
+                    FRAME_TOO_LARGE if size > limit else MALFORMED_FRAME,
+                    f"frame length {size} is outside 1..{limit}",
+                )
+                return -1
+            if end - pos - 4 < size:
+                break
+            started = time.perf_counter()
+            frame = data[pos + 4 : pos + 4 + size]
+            pos += 4 + size
+            try:
+                method, reply = self.worker.handler.handle(frame)
+            except MalformedFrameError as exc:
+                self._flush(replies, answered)
+                self.drop(MALFORMED_FRAME, str(exc))
+                dropped = True
+                break
+            if reply:
+                replies.append(reply)
+            answered.append((method, started))
+        if not dropped:
+            self._flush(replies, answered)
+        return -1 if dropped else pos
+
+    def _flush(self, replies: list[bytes], answered: list[tuple[str, float]]) -> None:
+        assert self.transport is not None
+        if replies:
+            self.transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
+        done = time.perf_counter()
+        stats = self.worker.stats
+        for method, started in answered:
+            stats.request(method, done - started)
+        self.calls += len(answered)
+        replies.clear()
+        answered.clear()
 
     def _answer(self, frame: bytes) -> bool:
         started = time.perf_counter()
@@ -315,6 +361,11 @@ def _build(spec: WorkerSpec) -> tuple[FrameHandler, WorkerStats]:
     handler = FrameHandler(service, stats)
     warm_up(service, handler, spec.warmup_requests, seed=spec.worker_id)
     stats.reset()  # serving counts from zero
+    # Everything loaded so far lives as long as the worker. Moved out of the collector's
+    # reach, it is not traversed again: a full collection then takes microseconds instead of
+    # tens of milliseconds, which would otherwise land on some request's latency.
+    gc.collect()
+    gc.freeze()
     return handler, stats
 
 

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from typing import Any
 
 from numpy.typing import NDArray
@@ -29,3 +30,21 @@ class Forest:
     def n_features(self) -> int: ...
     @property
     def layout(self) -> str: ...
+
+def fill_rows(
+    values: Sequence[float],
+    columns: Sequence[int],
+    bidders: Sequence[int],
+    table: NDArray[Any],
+    out: NDArray[Any],
+    /,
+) -> None: ...
+def score_reply(
+    head: bytes,
+    tail: bytes,
+    positions: Sequence[int],
+    flag_offset: int,
+    probabilities: NDArray[Any],
+    thresholds: NDArray[Any],
+    /,
+) -> bytes: ...

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "request_path.h"
+
 #define BLOCK 16              /* rows walked together through one tree */
 #define RELEASE_GIL_ROWS 64   /* below this, dropping the GIL costs more than it gives */
 #define STACK_FEATURES 128    /* widened rows of up to this many features live on the stack */
@@ -601,11 +603,18 @@ static PyTypeObject ForestType = {
     .tp_getset = forest_getset,
 };
 
+static PyMethodDef module_methods[] = {
+    REQUEST_PATH_METHODS,
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef forest_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "model_server.native._forest",
-    .m_doc = "Native evaluator for XGBoost tree ensembles.",
+    .m_doc = "Native evaluator for XGBoost tree ensembles, and the request path's row and reply "
+             "helpers (request_path.h).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__forest(void) {

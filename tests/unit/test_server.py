@@ -17,8 +17,6 @@ from model_server.fast_codec import encode_call
 from model_server.synthetic import TrafficGenerator
 from tests.server_fixtures import RunningServer
 
-pytest_plugins = ["tests.server_fixtures"]
-
 
 def _requests(n: int, seed: int) -> list[bytes]:
     gen = TrafficGenerator(seed=seed, n_bidders=8)
@@ -184,6 +182,31 @@ def test_malformed_frame_closes_only_that_connection(rtbserve_server: RunningSer
         sock.sendall(struct.pack(">i", len(garbage)) + garbage)
         assert _closed_by_server(sock)
     assert bystander.info().name == "tiny"  # the other connection still works
+
+
+def test_pipelined_calls_are_answered_in_order_before_a_bad_frame_closes(
+    rtbserve_server: RunningServer,
+) -> None:
+    raws = _requests(3, seed=31)
+    calls = [
+        encode_call(tc.ModelServer, "score", 40 + i, bid_request=raw, bidders=["dsp-01"])
+        for i, raw in enumerate(raws)
+    ]
+    garbage = b"\x7f\x00\x00\x00garbage that is not thrift"
+    with socket.create_connection((rtbserve_server.host, rtbserve_server.thrift_port)) as sock:
+        sock.sendall(b"".join(calls))  # several frames in one segment: one batched write
+        seqids = []
+        for _ in calls:
+            reply = _read_frame(sock)
+            assert reply is not None
+            seqids.append(struct.unpack_from(">i", reply, 4 + 4 + 5)[0])
+        assert seqids == [40, 41, 42]
+        sock.sendall(calls[0] + calls[1] + struct.pack(">i", len(garbage)) + garbage)
+        for expected in (40, 41):  # answered before the bad frame closed the connection
+            reply = _read_frame(sock)
+            assert reply is not None
+            assert struct.unpack_from(">i", reply, 4 + 4 + 5)[0] == expected
+        assert _closed_by_server(sock)
 
 
 def test_oversized_frame_is_refused_before_it_is_read(rtbserve_server: RunningServer) -> None:

@@ -20,8 +20,6 @@ from model_server.fast_codec import encode_call
 from model_server.synthetic import TrafficGenerator
 from tests.server_fixtures import RunningServer, launch_rtbserve
 
-pytest_plugins = ["tests.server_fixtures"]
-
 
 def _request(seed: int = 1) -> bytes:
     return orjson.dumps(TrafficGenerator(seed=seed, n_bidders=8).request().request)

@@ -34,8 +34,6 @@ from model_server.serve_config import ConfigError, available_cpus, load_config
 from model_server.service import BatchTooLargeError, FrameHandler, Scored, ScoringService
 from model_server.synthetic import TrafficGenerator
 
-pytest_plugins = ["tests.server_fixtures"]
-
 
 @pytest.fixture(scope="module")
 def service(tiny_artifact: Any) -> ScoringService:
