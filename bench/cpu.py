@@ -1,0 +1,137 @@
+"""CPU accounting from /proc: how busy the server was, and how busy its core was with anything.
+
+A run's server CPU is taken over its busiest stretch as long as the measured window, so the idle
+moments of the load client's start-up and shutdown do not dilute it. The server core's total
+busy time, minus the server's own, is what other processes took from it: noise to report.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in the process group."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name; pgrp is the 3rd, utime/stime the 12th/13th.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def core_busy_seconds(core: int, stat_text: str | None = None) -> float:
+    """Seconds core `core` spent not idle (steal included: time the core was not ours either)."""
+    text = Path("/proc/stat").read_text() if stat_text is None else stat_text
+    prefix = f"cpu{core} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            # user nice system idle iowait irq softirq steal [guest guest_nice]
+            values = [int(v) for v in line.split()[1:9]]
+            idle = values[3] + values[4]
+            return (sum(values) - idle) / CLOCK_TICKS
+    raise ValueError(f"no cpu{core} line in /proc/stat")
+
+
+def busiest_window(
+    times: Sequence[float], values: Sequence[float], window: float
+) -> tuple[int, int] | None:
+    """Indexes (start, end) of the `window`-second stretch where the cumulative counter `values`
+    grew fastest; None when the samples span less than `window`."""
+    best: tuple[int, int] | None = None
+    best_rate = -1.0
+    j = 0
+    for i in range(len(times)):
+        while j < i and times[i] - times[j + 1] >= window:
+            j += 1
+        span = times[i] - times[j]
+        if span > 0 and span >= window * 0.999:
+            rate = (values[i] - values[j]) / span
+            if rate > best_rate:
+                best, best_rate = (j, i), rate
+    return best
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    server_cores: float
+    # Everything that ran on the server's core, the server included.
+    core_busy_cores: float | None
+
+
+class CpuSampler:
+    """Samples the server's CPU seconds (and its core's busy seconds) while a client runs."""
+
+    def __init__(
+        self, server_cpu: Callable[[], float], core: int | None, interval: float = 0.2
+    ) -> None:
+        self.server_cpu = server_cpu
+        self.core = core
+        self.interval = interval
+        self.times: list[float] = []
+        self.server: list[float] = []
+        self.busy: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        self.times.append(time.monotonic())
+        self.server.append(self.server_cpu())
+        self.busy.append(core_busy_seconds(self.core) if self.core is not None else 0.0)
+
+    def _loop(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval):
+                break
+        self._sample()
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def use_over(self, window: float) -> CpuUse | None:
+        found = busiest_window(self.times, self.server, window)
+        if found is None:
+            return None
+        i, j = found
+        span = self.times[j] - self.times[i]
+        busy = (self.busy[j] - self.busy[i]) / span if self.core is not None else None
+        return CpuUse((self.server[j] - self.server[i]) / span, busy)
+
+
+def wait_idle(
+    server_cpu: Callable[[], float],
+    below_cores: float = 0.15,
+    interval: float = 0.2,
+    timeout: float = 15.0,
+) -> float:
+    """Wait until the server's CPU use drops below `below_cores` (its backlog from an overloaded
+    run is worked off), so one measurement does not leak into the next. Returns seconds waited."""
+    t0 = time.monotonic()
+    last = server_cpu()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(interval)
+        now = server_cpu()
+        if (now - last) / interval < below_cores:
+            break
+        last = now
+    return time.monotonic() - t0

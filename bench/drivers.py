@@ -1,0 +1,157 @@
+"""Load drivers: one fixed-rate, open-loop run against a server, as a RunMeasurement.
+
+Thrift systems (rtbserve, the plain Thrift peer, the echo limit) are driven by `rtbserve loadgen`;
+the HTTP and gRPC peers by `bench.peer_driver`, which follows the same method. Each run is a
+separate process pinned to the load core; the server's CPU use is read from /proc around it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.config import REPO_DIR
+from bench.cpu import CpuSampler, wait_idle
+from bench.measurements import RunMeasurement
+from bench.procs import ServerProcess, run_client
+
+# Time a client gets beyond its run for start-up and drain before it is killed.
+CLIENT_SLACK_SECONDS = 60.0
+
+
+class DriverError(RuntimeError):
+    """A load run failed to produce a report."""
+
+
+class Driver(Protocol):
+    def measure(self, rate: float, duration: float, warmup: float) -> RunMeasurement: ...
+
+
+def with_server_cpu(run: RunMeasurement, sampler: CpuSampler) -> RunMeasurement:
+    """`run` with the server's CPU use, and its core's, over the busiest stretch of the run."""
+    use = sampler.use_over(max(run.duration_s, 0.5) * 0.8)
+    if use is None:
+        return run
+    return replace(run, server_cpu_cores=use.server_cores, server_core_busy=use.core_busy_cores)
+
+
+@dataclass
+class PeerDriver:
+    """`bench.peer_driver` in the peer's own virtualenv, for MLServer's REST and gRPC endpoints."""
+
+    python: Path
+    transport: str
+    target: str
+    model: str
+    payloads: Path
+    connections: int
+    core: int | None
+    server: ServerProcess
+
+    def measure(self, rate: float, duration: float, warmup: float) -> RunMeasurement:
+        with tempfile.TemporaryDirectory(prefix="rtbserve-bench-") as tmp:
+            report = Path(tmp) / "run.json"
+            argv = [
+                str(self.python),
+                "-m",
+                "bench.peer_driver",
+                f"--transport={self.transport}",
+                f"--target={self.target}",
+                f"--model={self.model}",
+                f"--payloads={self.payloads}",
+                f"--rate={rate}",
+                f"--duration={duration}",
+                f"--warmup={warmup}",
+                f"--connections={self.connections}",
+                f"--report-json={report}",
+            ]
+            wait_idle(self.server.cpu_seconds)
+            with CpuSampler(self.server.cpu_seconds, self.server.core) as sampler:
+                client = run_client(
+                    argv,
+                    core=self.core,
+                    timeout=duration + warmup + CLIENT_SLACK_SECONDS,
+                    cwd=REPO_DIR,
+                )
+            self.server.ensure_alive()
+            if client.returncode != 0 or not report.exists():
+                raise DriverError(
+                    f"peer driver exited with {client.returncode}:\n{client.output[-2000:]}"
+                )
+            run = RunMeasurement.from_dict(json.loads(report.read_text()))
+        return with_server_cpu(run, sampler)
+
+
+# Exit codes of `rtbserve loadgen` that still come with a full report: ok, too many failed
+# requests, the generator fell behind (sends dropped). Over saturation the last two are expected.
+LOADGEN_REPORTED_EXITS = {0, 5, 7}
+
+
+def loadgen_measurement(report: dict[str, Any]) -> RunMeasurement:
+    """A RunMeasurement from a `rtbserve loadgen --report-json` report (loadgen-report/v1)."""
+    latency = report["latency_ms"]
+    requests = report["requests"]
+    generator = report.get("generator") or {}
+    return RunMeasurement(
+        offered_rps=float(report["target_rate"]),
+        achieved_rps=float(report["achieved_rate"]),
+        p50_ms=float(latency["p50"]),
+        p99_ms=float(latency["p99"]),
+        p999_ms=float(latency["p99_9"]),
+        max_ms=float(latency["max"]),
+        requests=int(requests["ok"]),
+        # Requests the generator dropped for falling behind never got an answer either.
+        errors=int(requests["errors"]) + int(requests.get("dropped", 0)),
+        duration_s=float(report["duration_s"]),
+        driver_late_share=generator.get("late_share"),
+    )
+
+
+@dataclass
+class LoadgenDriver:
+    """`rtbserve loadgen` replaying the benchmark's requests, one sending process."""
+
+    argv: list[str]
+    replay: Path
+    target: str
+    connections: int
+    core: int | None
+    server: ServerProcess
+
+    def measure(self, rate: float, duration: float, warmup: float) -> RunMeasurement:
+        with tempfile.TemporaryDirectory(prefix="rtbserve-bench-") as tmp:
+            report = Path(tmp) / "run.json"
+            argv = [
+                *self.argv,
+                "loadgen",
+                f"--target={self.target}",
+                f"--replay={self.replay}",
+                "--loop",
+                f"--rate={rate:.3f}",
+                f"--duration={duration}s",
+                f"--warmup={warmup}s",
+                "--workers=1",
+                f"--connections={self.connections}",
+                # Replies are only counted, not parsed for filtering quality: a lean generator.
+                "--quality-sample=0",
+                "--plain",
+                f"--report-json={report}",
+            ]
+            wait_idle(self.server.cpu_seconds)
+            with CpuSampler(self.server.cpu_seconds, self.server.core) as sampler:
+                client = run_client(
+                    argv,
+                    core=self.core,
+                    timeout=duration + warmup + CLIENT_SLACK_SECONDS,
+                    cwd=REPO_DIR,
+                )
+            self.server.ensure_alive()
+            if client.returncode not in LOADGEN_REPORTED_EXITS or not report.exists():
+                raise DriverError(
+                    f"rtbserve loadgen exited with {client.returncode}:\n{client.output[-2000:]}"
+                )
+            run = loadgen_measurement(json.loads(report.read_text()))
+        return with_server_cpu(replace(run, driver_cpu_cores=client.cpu_cores), sampler)
