@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from bench.config import REPO_DIR
 from bench.cpu import CpuSampler, wait_idle
 from bench.measurements import RunMeasurement
-from bench.procs import ServerProcess, run_client
+from bench.procs import ClientRun, ServerProcess, run_client
 
 # Time a client gets beyond its run for start-up and drain before it is killed.
 CLIENT_SLACK_SECONDS = 60.0
@@ -36,6 +36,17 @@ def with_server_cpu(run: RunMeasurement, sampler: CpuSampler) -> RunMeasurement:
     if use is None:
         return run
     return replace(run, server_cpu_cores=use.server_cores, server_core_busy=use.core_busy_cores)
+
+
+def run_pinned_client(
+    argv: list[str], server: ServerProcess, core: int | None, timeout: float
+) -> tuple[ClientRun, CpuSampler]:
+    """Wait for the server's core to go quiet, run the client on `core`, sampling server CPU."""
+    wait_idle(server.cpu_seconds)
+    with CpuSampler(server.cpu_seconds, server.core) as sampler:
+        client = run_client(argv, core=core, timeout=timeout, cwd=REPO_DIR)
+    server.ensure_alive()
+    return client, sampler
 
 
 @dataclass
@@ -68,15 +79,9 @@ class PeerDriver:
                 f"--connections={self.connections}",
                 f"--report-json={report}",
             ]
-            wait_idle(self.server.cpu_seconds)
-            with CpuSampler(self.server.cpu_seconds, self.server.core) as sampler:
-                client = run_client(
-                    argv,
-                    core=self.core,
-                    timeout=duration + warmup + CLIENT_SLACK_SECONDS,
-                    cwd=REPO_DIR,
-                )
-            self.server.ensure_alive()
+            client, sampler = run_pinned_client(
+                argv, self.server, self.core, timeout=duration + warmup + CLIENT_SLACK_SECONDS
+            )
             if client.returncode != 0 or not report.exists():
                 raise DriverError(
                     f"peer driver exited with {client.returncode}:\n{client.output[-2000:]}"
@@ -140,15 +145,9 @@ class LoadgenDriver:
                 "--plain",
                 f"--report-json={report}",
             ]
-            wait_idle(self.server.cpu_seconds)
-            with CpuSampler(self.server.cpu_seconds, self.server.core) as sampler:
-                client = run_client(
-                    argv,
-                    core=self.core,
-                    timeout=duration + warmup + CLIENT_SLACK_SECONDS,
-                    cwd=REPO_DIR,
-                )
-            self.server.ensure_alive()
+            client, sampler = run_pinned_client(
+                argv, self.server, self.core, timeout=duration + warmup + CLIENT_SLACK_SECONDS
+            )
             if client.returncode not in LOADGEN_REPORTED_EXITS or not report.exists():
                 raise DriverError(
                     f"rtbserve loadgen exited with {client.returncode}:\n{client.output[-2000:]}"
