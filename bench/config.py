@@ -49,6 +49,7 @@ class BenchConfig:
     connections: int = 16
     systems: tuple[str, ...] = (
         "echo",
+        "echo-cold",
         "rtbserve",
         "plain-thrift",
         "mlserver-rest",
@@ -58,6 +59,9 @@ class BenchConfig:
     results_dir: Path = RESULTS_DIR
     readme: Path = BENCH_DIR / "README.md"
     quick: bool = False
+    # A SCHED_IDLE busy loop on the server and load cores, so idle vCPUs never halt
+    # (see bench.warm_cores); the "echo-cold" system shows the machine without it.
+    warm_cores: bool = True
 
 
 def quick_preset(base: BenchConfig) -> BenchConfig:

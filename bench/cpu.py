@@ -2,7 +2,8 @@
 
 A run's server CPU is taken over its busiest stretch as long as the measured window, so the idle
 moments of the load client's start-up and shutdown do not dilute it. The server core's total
-busy time, minus the server's own, is what other processes took from it: noise to report.
+busy time, minus the server's own (and minus the lowest-priority busy loop that keeps the core
+awake, see `bench.warm_cores`), is what other processes took from it: noise to report.
 """
 
 from __future__ import annotations
@@ -77,10 +78,16 @@ class CpuSampler:
     """Samples the server's CPU seconds (and its core's busy seconds) while a client runs."""
 
     def __init__(
-        self, server_cpu: Callable[[], float], core: int | None, interval: float = 0.2
+        self,
+        server_cpu: Callable[[], float],
+        core: int | None,
+        interval: float = 0.2,
+        filler_cpu: Callable[[int], float] | None = None,
     ) -> None:
         self.server_cpu = server_cpu
         self.core = core
+        # CPU seconds of work that only fills idle time on a core (not noise): subtracted.
+        self.filler_cpu = filler_cpu
         self.interval = interval
         self.times: list[float] = []
         self.server: list[float] = []
@@ -91,7 +98,12 @@ class CpuSampler:
     def _sample(self) -> None:
         self.times.append(time.monotonic())
         self.server.append(self.server_cpu())
-        self.busy.append(core_busy_seconds(self.core) if self.core is not None else 0.0)
+        busy = 0.0
+        if self.core is not None:
+            busy = core_busy_seconds(self.core)
+            if self.filler_cpu is not None:
+                busy -= self.filler_cpu(self.core)
+        self.busy.append(busy)
 
     def _loop(self) -> None:
         while True:

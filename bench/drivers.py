@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench import server_latency, warm_cores
 from bench.config import REPO_DIR
 from bench.cpu import CpuSampler, wait_idle
 from bench.measurements import RunMeasurement
@@ -30,23 +31,48 @@ class Driver(Protocol):
     def measure(self, rate: float, duration: float, warmup: float) -> RunMeasurement: ...
 
 
-def with_server_cpu(run: RunMeasurement, sampler: CpuSampler) -> RunMeasurement:
-    """`run` with the server's CPU use, and its core's, over the busiest stretch of the run."""
-    use = sampler.use_over(max(run.duration_s, 0.5) * 0.8)
-    if use is None:
-        return run
-    return replace(run, server_cpu_cores=use.server_cores, server_core_busy=use.core_busy_cores)
+@dataclass
+class ServerSide:
+    """What the server itself showed during a client run."""
+
+    cpu: CpuSampler
+    # Its latency histogram's growth over the run (None: it exposes none).
+    latency: server_latency.Buckets | None = None
+
+
+def with_server_side(run: RunMeasurement, side: ServerSide) -> RunMeasurement:
+    """`run` with the server's CPU use (and its core's) over the busiest stretch of the run,
+    and the server-side latency quantiles when the server has a histogram."""
+    use = side.cpu.use_over(max(run.duration_s, 0.5) * 0.8)
+    if use is not None:
+        run = replace(run, server_cpu_cores=use.server_cores, server_core_busy=use.core_busy_cores)
+    if side.latency is not None:
+        p50, p99, p999 = (server_latency.quantile(side.latency, q) for q in (0.5, 0.99, 0.999))
+        run = replace(
+            run,
+            server_p50_ms=None if p50 is None else p50 * 1000.0,
+            server_p99_ms=None if p99 is None else p99 * 1000.0,
+            server_p999_ms=None if p999 is None else p999 * 1000.0,
+        )
+    return run
 
 
 def run_pinned_client(
     argv: list[str], server: ServerProcess, core: int | None, timeout: float
-) -> tuple[ClientRun, CpuSampler]:
-    """Wait for the server's core to go quiet, run the client on `core`, sampling server CPU."""
+) -> tuple[ClientRun, ServerSide]:
+    """Wait for the server's core to go quiet, run the client on `core`, sampling server CPU
+    (and reading the server's latency histogram before and after, when it has one)."""
     wait_idle(server.cpu_seconds)
-    with CpuSampler(server.cpu_seconds, server.core) as sampler:
+    metrics_url = server.metrics_url
+    before = server_latency.scrape_buckets(metrics_url) if metrics_url else None
+    with CpuSampler(
+        server.cpu_seconds, server.core, filler_cpu=warm_cores.filler_cpu_seconds
+    ) as sampler:
         client = run_client(argv, core=core, timeout=timeout, cwd=REPO_DIR)
     server.ensure_alive()
-    return client, sampler
+    after = server_latency.scrape_buckets(metrics_url) if metrics_url else None
+    latency = server_latency.delta(before, after) if before and after else None
+    return client, ServerSide(sampler, latency)
 
 
 @dataclass
@@ -79,7 +105,7 @@ class PeerDriver:
                 f"--connections={self.connections}",
                 f"--report-json={report}",
             ]
-            client, sampler = run_pinned_client(
+            client, side = run_pinned_client(
                 argv, self.server, self.core, timeout=duration + warmup + CLIENT_SLACK_SECONDS
             )
             if client.returncode != 0 or not report.exists():
@@ -87,7 +113,7 @@ class PeerDriver:
                     f"peer driver exited with {client.returncode}:\n{client.output[-2000:]}"
                 )
             run = RunMeasurement.from_dict(json.loads(report.read_text()))
-        return with_server_cpu(run, sampler)
+        return with_server_side(run, side)
 
 
 # Exit codes of `rtbserve loadgen` that still come with a full report: ok, too many failed
@@ -145,7 +171,7 @@ class LoadgenDriver:
                 "--plain",
                 f"--report-json={report}",
             ]
-            client, sampler = run_pinned_client(
+            client, side = run_pinned_client(
                 argv, self.server, self.core, timeout=duration + warmup + CLIENT_SLACK_SECONDS
             )
             if client.returncode not in LOADGEN_REPORTED_EXITS or not report.exists():
@@ -153,4 +179,4 @@ class LoadgenDriver:
                     f"rtbserve loadgen exited with {client.returncode}:\n{client.output[-2000:]}"
                 )
             run = loadgen_measurement(json.loads(report.read_text()))
-        return with_server_cpu(replace(run, driver_cpu_cores=client.cpu_cores), sampler)
+        return with_server_side(replace(run, driver_cpu_cores=client.cpu_cores), side)

@@ -28,6 +28,10 @@ class RunMeasurement:
     driver_lag_p99_ms: float | None = None
     # Share of sends more than 1 ms behind schedule (`rtbserve loadgen` reports this).
     driver_late_share: float | None = None
+    # The server's own latency histogram over the run (rtbserve's /metrics), interpolated.
+    server_p50_ms: float | None = None
+    server_p99_ms: float | None = None
+    server_p999_ms: float | None = None
 
     @property
     def other_load_on_server_core(self) -> float | None:

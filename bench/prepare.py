@@ -158,7 +158,7 @@ def prepare(
                     report.versions[pkg] = version
 
     echo_binary = None
-    if "echo" in cfg.systems:
+    if "echo" in cfg.systems or "echo-cold" in cfg.systems:
         echo_binary = echo_limit.build_echo_server(cfg.work_dir / "echo")
         log(f"  echo server built: {echo_binary}")
 

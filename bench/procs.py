@@ -55,6 +55,8 @@ class ServerProcess:
     log_path: Path
     # The core it is pinned to (None: not pinned).
     core: int | None = None
+    # Its Prometheus endpoint, when it has one with rtbserve's latency histogram.
+    metrics_url: str | None = None
     stopped: bool = field(default=False)
 
     def cpu_seconds(self) -> float:

@@ -26,6 +26,8 @@ class BenchReport:
     predict: dict[str, Any] | None = None
     fleet_assumptions: FleetAssumptions | None = None
     fleet: list[FleetProjection] = field(default_factory=list)
+    # What the fleet projection starts from: "saturation" (p99 within the SLO) or "capacity".
+    fleet_basis: str = "saturation"
     # Phases that failed, with why; the rest of the run still reports.
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -64,6 +66,7 @@ class BenchReport:
                 FleetProjection(**{**f, "instance": InstanceType(**f["instance"])})
                 for f in data.get("fleet", [])
             ],
+            fleet_basis=data.get("fleet_basis", "saturation"),
             errors=list(data.get("errors", [])),
             notes=list(data.get("notes", [])),
             duration_s=float(data.get("duration_s", 0.0)),

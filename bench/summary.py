@@ -14,6 +14,7 @@ README_END = "<!-- bench:latest:end -->"
 
 SYSTEM_LABELS = {
     "echo": "echo limit (C, epoll)",
+    "echo-cold": "echo limit, cores left idle",
     "rtbserve": "rtbserve",
     "plain-thrift": "plain thriftpy2 + xgboost",
     "mlserver-rest": "MLServer REST",
@@ -131,6 +132,37 @@ def aims_table(report: BenchReport) -> list[str]:
     return _table(["aim", "target", "measured", ""], rows)
 
 
+def server_latency_table(report: BenchReport) -> list[str]:
+    """Client-side latency next to the server's own histogram, for systems that expose one."""
+    rows = []
+    for r in sorted(report.systems, key=lambda r: (r.bidders, _order(r.system))):
+        for key in sorted(r.points, key=float):
+            point = r.points[key]
+            if point.server_p99_ms is None:
+                continue
+            rows.append(
+                [
+                    label(r.system),
+                    str(r.bidders),
+                    f"{fmt_rps(point.offered_rps)} ({float(key):.0%} of {r.points_basis})",
+                    _latency(point),
+                    f"{fmt_ms(point.server_p50_ms)} / {fmt_ms(point.server_p99_ms)} / "
+                    f"{fmt_ms(point.server_p999_ms)}",
+                ]
+            )
+    if not rows:
+        return ["(no system under test exposed a latency histogram)"]
+    header = ["system", "bidders", "req/s", "client p50 / p99 / p99.9 ms", "server-side (same)"]
+    return [
+        "Server-side: from the server's `rtbserve_request_latency_seconds` histogram (last byte "
+        "in to reply written), read before and after each run and interpolated within its "
+        "buckets. The gap to the client's figures is the network stack, scheduling on both "
+        "cores, queueing before the server reads a request, and the load generator.",
+        "",
+        *_table(header, rows),
+    ]
+
+
 def predict_table(predict: dict[str, Any] | None) -> list[str]:
     """In-process prediction figures, flattened to `key: value` rows."""
     if not predict:
@@ -160,9 +192,18 @@ def fleet_table(report: BenchReport) -> list[str]:
         return ["(no rtbserve saturation figure to project from)"]
     a = report.fleet_assumptions
     bidders = report.settings.get("fleet_bidders", 16)
+    slo = report.settings.get("slo_p99_ms", 2.0)
+    loose = report.settings.get("search", {}).get("capacity_p99_ms", 50.0)
+    if report.fleet_basis == "capacity":
+        basis = (
+            f"of its measured capacity (p99 ≤ {loose:g} ms: no rate met the {slo:g} ms SLO in "
+            "this run, so this projection is optimistic for that SLO)"
+        )
+    else:
+        basis = f"of its measured saturation (p99 ≤ {slo:g} ms)"
     lines = [
         f"To serve {a.target_rps:,.0f} requests/s at {bidders} bidders each, running every "
-        f"core at {a.utilisation:.0%} of its measured saturation, with {a.workers_per_pod}-worker "
+        f"core at {a.utilisation:.0%} {basis}, with {a.workers_per_pod}-worker "
         f"pods (one worker per vCPU) and {a.reserved_vcpus_per_node:g} vCPU per node kept for "
         "the system. On-demand us-east-1 Linux prices as assumed below (check current pricing). "
         "The per-core figure is measured on this machine's CPU and stands in for a Graviton core.",
@@ -250,7 +291,13 @@ def render_results(report: BenchReport) -> list[str]:
         ),
         "",
         "Servers pinned to one core, load generators to the other; latency from each request's "
-        "intended send time (open loop).",
+        "intended send time (open loop)."
+        + (
+            " Both cores kept awake by a lowest-priority busy loop (see `bench/warm_cores.py`); "
+            "the *cores left idle* row shows the echo limit without it."
+            if report.settings.get("warm_cores")
+            else " Cores left to idle between requests (`--cold-cores`)."
+        ),
         "",
         *results_table(report),
         "",
@@ -261,6 +308,10 @@ def render_results(report: BenchReport) -> list[str]:
         "### Aims",
         "",
         *aims_table(report),
+        "",
+        "### Server-side latency",
+        "",
+        *server_latency_table(report),
         "",
         "### In-process prediction (no network)",
         "",

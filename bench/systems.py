@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import mlserver_peer
+from bench import mlserver_peer, warm_cores
 from bench.config import BENCH_DIR, REPO_DIR, BenchConfig
 from bench.drivers import Driver, LoadgenDriver, PeerDriver
 from bench.echo_limit import write_replies
@@ -108,6 +108,7 @@ def start_rtbserve(prep: Prepared, bidders: int) -> Iterator[Driver]:
     server = start_server(
         f"rtbserve-{bidders}", argv, core=prep.cfg.server_core, log_dir=prep.logs, cwd=REPO_DIR
     )
+    server.metrics_url = f"http://127.0.0.1:{http}/metrics"
     with running(server):
         wait_until(server, http_ok(f"http://127.0.0.1:{http}/readyz"), READY_TIMEOUT, "ready")
         yield prep.thrift_driver(server, port, bidders)
@@ -147,6 +148,13 @@ def start_echo(prep: Prepared, bidders: int) -> Iterator[Driver]:
         yield prep.thrift_driver(server, port, bidders)
 
 
+@contextlib.contextmanager
+def start_echo_cold(prep: Prepared, bidders: int) -> Iterator[Driver]:
+    """The echo limit with the cores left to idle, as on an idle VM (see bench.warm_cores)."""
+    with warm_cores.paused(), start_echo(prep, bidders) as driver:
+        yield driver
+
+
 def _start_mlserver(transport: str) -> Callable[[Prepared, int], AbstractContextManager[Driver]]:
     @contextlib.contextmanager
     def start(prep: Prepared, bidders: int) -> Iterator[Driver]:
@@ -180,6 +188,7 @@ def _start_mlserver(transport: str) -> Callable[[Prepared, int], AbstractContext
 
 SYSTEMS: dict[str, Callable[[Prepared, int], AbstractContextManager[Driver]]] = {
     "echo": start_echo,
+    "echo-cold": start_echo_cold,
     "rtbserve": start_rtbserve,
     "plain-thrift": start_plain_thrift,
     "mlserver-rest": _start_mlserver("rest"),

@@ -1,0 +1,151 @@
+"""The bench's view of the server itself: its latency histogram, warm cores, the fleet basis."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bench import warm_cores
+from bench.cpu import CpuSampler
+from bench.measurements import RunMeasurement, SystemResult
+from bench.report import BenchReport
+from bench.run import project
+from bench.server_latency import delta, parse_buckets, quantile
+from bench.summary import render_summary
+from model_server.metrics import ServerCollector, WorkerStats
+
+
+def exposition(latencies: list[float]) -> str:
+    """What a real rtbserve /metrics shows after answering calls that took `latencies`."""
+    stats = WorkerStats()
+    for seconds in latencies:
+        stats.request("score", seconds)
+    collector = ServerCollector({"name": "m", "version": "v", "sha256": "s", "backend": "native"})
+    collector.update(0, stats)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def test_buckets_come_from_the_servers_own_exposition() -> None:
+    buckets = parse_buckets(exposition([0.0003] * 90 + [0.004] * 10))
+    assert buckets is not None
+    assert buckets[-1] == (float("inf"), 100.0)
+    counts = dict(buckets)
+    assert counts[0.00025] == 0
+    assert counts[0.0005] == 90
+    assert counts[0.005] == 100
+    assert parse_buckets("# nothing here\n") is None
+
+
+def test_quantiles_interpolate_within_the_bucket() -> None:
+    buckets = parse_buckets(exposition([0.0003] * 90 + [0.004] * 10))
+    assert buckets is not None
+    # Rank 50 of 90 in (0.25 ms, 0.5 ms]: 0.25 + 0.25 * 50/90 ms.
+    assert quantile(buckets, 0.5) == pytest.approx(0.00025 + 0.00025 * 50 / 90)
+    # Rank 99 is the 9th of 10 in (3 ms, 5 ms].
+    assert quantile(buckets, 0.99) == pytest.approx(0.003 + 0.002 * 9 / 10)
+    assert quantile([(0.001, 0.0), (float("inf"), 0.0)], 0.99) is None
+    # Beyond the last finite bound all that can be said is "at least that".
+    assert quantile([(0.001, 0.0), (float("inf"), 5.0)], 0.5) == 0.001
+    with pytest.raises(ValueError, match="q must be"):
+        quantile(buckets, 1.5)
+
+
+def test_a_runs_histogram_is_the_difference_of_two_scrapes() -> None:
+    before = parse_buckets(exposition([0.0003] * 10))
+    after = parse_buckets(exposition([0.0003] * 10 + [0.004] * 5))
+    assert before is not None
+    assert after is not None
+    run = delta(before, after)
+    assert run[-1][1] == 5
+    assert quantile(run, 0.5) == pytest.approx(0.003 + 0.002 * 2.5 / 5)
+    with pytest.raises(ValueError, match="different buckets"):
+        delta(before[:-1], after)
+
+
+def test_cpu_sampler_leaves_out_the_filler_on_the_core() -> None:
+    ticks = iter(range(1000))
+    sampler = CpuSampler(lambda: 0.0, core=0, interval=0.05, filler_cpu=lambda core: 1e6)
+    with sampler:
+        time.sleep(0.3)
+    plain = CpuSampler(lambda: float(next(ticks)), core=0, interval=0.05)
+    with plain:
+        time.sleep(0.3)
+    # The filler's (huge) CPU seconds are subtracted from every busy sample of core 0.
+    assert all(b < -1e5 for b in sampler.busy)
+    assert all(b >= 0 for b in plain.busy)
+
+
+def _policy_and_state(pid: int) -> tuple[int, str]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return os.sched_getscheduler(pid), stat[stat.rindex(")") + 2]
+
+
+def test_warm_cores_run_idle_priority_loops_pinned_pausable_and_always_stopped() -> None:
+    core = sorted(os.sched_getaffinity(0))[0]
+    with warm_cores.keep_warm([core, core]) as cores:
+        assert cores == [core]
+        assert warm_cores.warm_cores() == [core]
+        spinner = warm_cores._SPINNERS[core]
+        assert os.sched_getaffinity(spinner.pid) == {core}
+        deadline = time.monotonic() + 10
+        while _policy_and_state(spinner.pid)[0] != os.SCHED_IDLE and time.monotonic() < deadline:
+            time.sleep(0.02)  # the child sets its own policy as it starts
+        assert _policy_and_state(spinner.pid)[0] == os.SCHED_IDLE
+        with warm_cores.paused():
+            assert _policy_and_state(spinner.pid)[1] == "T"
+        assert _policy_and_state(spinner.pid)[1] in "RS"
+        assert warm_cores.filler_cpu_seconds(core) >= 0.0
+    assert spinner.poll() is not None
+    assert warm_cores.warm_cores() == []
+    assert warm_cores.filler_cpu_seconds(core) == 0.0
+    with warm_cores.keep_warm([core], enabled=False) as none:
+        assert none == []
+        assert warm_cores.warm_cores() == []
+
+
+def _rtbserve(saturation: float | None, capacity: float | None) -> SystemResult:
+    run = RunMeasurement(
+        4000, 4000, 0.3, 1.5, 3.0, 5.0, 40_000, 0, 10.0, server_p50_ms=0.1, server_p99_ms=0.42
+    )
+    return SystemResult("rtbserve", 16, saturation, capacity, points={"0.5": run})
+
+
+def _report(*systems: SystemResult) -> BenchReport:
+    return BenchReport(
+        date="2026-11-23",
+        started_at="2026-11-23T12:00:00Z",
+        machine={},
+        settings={"slo_p99_ms": 2.0, "load_points": [0.5], "warm_cores": True},
+        systems=list(systems),
+    )
+
+
+def test_fleet_projects_from_saturation_else_from_capacity_and_says_which() -> None:
+    met = _report(_rtbserve(10_000, 12_000))
+    project(met)
+    assert met.fleet_basis == "saturation"
+    assert {f.per_core_rps for f in met.fleet} == {10_000}
+    missed = _report(_rtbserve(None, 9_000))
+    project(missed)
+    assert missed.fleet_basis == "capacity"
+    assert {f.per_core_rps for f in missed.fleet} == {9_000}
+    text = render_summary(missed, None)
+    assert "no rate met the 2 ms SLO" in text
+    assert "9,000" in text
+    nothing = _report(_rtbserve(None, None))
+    project(nothing)
+    assert nothing.fleet == []
+
+
+def test_summary_puts_the_servers_latency_beside_the_clients() -> None:
+    text = render_summary(_report(_rtbserve(8_000, 10_000)), None)
+    assert "### Server-side latency" in text
+    assert "0.300 / 1.500 / 3.000" in text  # client p50 / p99 / p99.9
+    assert "0.100 / 0.420 / —" in text  # server-side, p99.9 not read
+    assert "kept awake" in text
