@@ -10,9 +10,11 @@
     pipeline.to_dict() / FeaturePipeline.from_dict(d)     # exact round trip (the manifest)
 
 rows() only reads the pipeline's tables (plus a bounded cache of codes for unseen long-tail
-values), so one pipeline can serve many threads. It assembles rows in one native call
-(`model_server/native/request_path.h`) where the extension is built, else in numpy
-(`_fill_rows_numpy`, which tests hold the native call to, bit for bit).
+values), so one pipeline can serve many threads. Where the extension is built, a request dict
+becomes its rows in one native call (`model_server/native/request_encode.h`); otherwise
+`_extract` and `_encode_python` compute the values and the native `fill_rows`
+(`request_path.h`) or numpy (`_fill_rows_numpy`) assembles the rows. Tests hold each native
+step to its Python counterpart, bit for bit.
 
 Every feature is a float32 and NaN means missing. A row is the request-level features
 (formats, floors, inventory, device, geo, privacy signals, time, deals, and vocabulary codes for
@@ -39,20 +41,29 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from model_server.errors import UnknownBidderError
 
+if TYPE_CHECKING:
+    from model_server.native._forest import RequestEncoder
+
 _fill_rows: Callable[..., None] | None
-try:  # one C call instead of several numpy calls per request; numpy when it is not built
-    from model_server.native._forest import fill_rows as _fill_rows
+_RequestEncoder: type[RequestEncoder] | None
+try:  # one C call instead of many Python and numpy steps per request, where it is built
+    from model_server.native import _forest
+
+    _fill_rows = _forest.fill_rows
+    _RequestEncoder = _forest.RequestEncoder
 except ImportError:  # pragma: no cover - depends on the build
     _fill_rows = None
+    _RequestEncoder = None
 
 FORMAT_VERSION = 1
+_FLOAT32 = np.dtype(np.float32)
 NAN = float("nan")
 _BIDDER_COLS = 2  # each row's bidder part starts with the bidder's index and overall rate
 # Long-tail values outside a vocabulary recur (Zipf); their codes are remembered per key up to
@@ -568,6 +579,36 @@ class FeaturePipeline:
         ]
         self.n_features = len(self.feature_names)
         self._cross_start = self.n_request_features + 2
+        self._native = self._native_encoder()
+
+    def _native_encoder(self) -> RequestEncoder | None:
+        """_extract + _encode (+ fill_rows) in one C call per request, over the same lookup
+        dicts (so both paths share the unseen-value cache); None where it is not built."""
+        if _RequestEncoder is None:
+            return None
+
+        def plan(keys: list[int], maps: list[dict[str | None, Any]], unseen: Any) -> list[Any]:
+            return [(k, m, *u) for k, m, u in zip(keys, maps, unseen, strict=True)]
+
+        return _RequestEncoder(
+            NUMERIC_FEATURES,
+            KEY_NAMES,
+            plan(self._code_keys, self._code_maps, self._code_unseen),
+            plan(self._cross_keys, self._cross_maps, self._cross_unseen),
+            _BIDDER_COLS,
+            _UNSEEN_CACHE_LIMIT,
+            self._bidder_table,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles as before: the native encoder is rebuilt over the unpickled tables."""
+        state = dict(self.__dict__)
+        state["_native"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._native = self._native_encoder()
 
     # ---- bidders -------------------------------------------------------------------------
     def bidder_indices(self, names: Sequence[str]) -> list[int]:
@@ -582,13 +623,20 @@ class FeaturePipeline:
 
     # ---- per request ---------------------------------------------------------------------
     def _encode(self, req: Mapping[str, Any], now: float | None) -> tuple[list[float], list[int]]:
-        """Request features (numeric, then codes) and the _bidder_table columns to gather.
+        """Request features (numeric, then codes) and the _bidder_table columns to gather."""
+        t = time.time() if now is None else now
+        if self._native is not None and type(req) is dict:
+            return self._native.encode(req, t)
+        return self._encode_python(req, t)
+
+    def _encode_python(self, req: Mapping[str, Any], now: float) -> tuple[list[float], list[int]]:
+        """What the native encoder does, in Python: the fallback and its reference.
 
         Vocabulary lookups run as C-level map(dict.get) over precomputed dicts (None, i.e. a
         missing value, is a key too); only values not seen before fall back to Python, to get
         their hash bucket or "other" code.
         """
-        nums, keys = _extract(req, time.time() if now is None else now)
+        nums, keys = _extract(req, now)
         code_values = self._code_pick(keys)
         codes: list[Any] = list(map(dict.get, self._code_maps, code_values))
         if None in codes:
@@ -637,9 +685,15 @@ class FeaturePipeline:
         n = len(bidder_idx)
         if out is None:
             out = np.empty((n, self.n_features), dtype=np.float32)
-        elif out.shape != (n, self.n_features) or out.dtype != np.float32:
+        elif out.shape != (n, self.n_features) or (
+            out.dtype is not _FLOAT32 and out.dtype != np.float32  # `is`: the cheap common case
+        ):
             raise ValueError(f"out must be float32 of shape {(n, self.n_features)}")
-        nums, cols = self._encode(req, now)
+        t = time.time() if now is None else now
+        if self._native is not None and type(req) is dict and out.flags.c_contiguous:
+            self._native.rows(req, t, bidder_idx, out)
+            return out
+        nums, cols = self._encode(req, t)
         if _fill_rows is not None and out.flags.c_contiguous:
             _fill_rows(nums, cols, bidder_idx, self._bidder_table, out)
         else:

@@ -31,6 +31,22 @@ class Forest:
     @property
     def layout(self) -> str: ...
 
+class RequestEncoder:
+    def __init__(
+        self,
+        numeric_names: Sequence[str],
+        key_names: Sequence[str],
+        code_plan: Sequence[tuple[int, dict[str | None, Any], int, int, int]],
+        cross_plan: Sequence[tuple[int, dict[str | None, Any], int, int, int]],
+        bidder_cols: int,
+        cache_limit: int,
+        table: NDArray[Any],
+    ) -> None: ...
+    def encode(self, req: dict[str, Any], now: float, /) -> tuple[list[float], list[int]]: ...
+    def rows(
+        self, req: dict[str, Any], now: float, bidders: Sequence[int], out: NDArray[Any], /
+    ) -> None: ...
+
 def fill_rows(
     values: Sequence[float],
     columns: Sequence[int],

@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "request_path.h"
+#include "request_encode.h"
 
 #define BLOCK 16              /* rows walked together through one tree */
 #define RELEASE_GIL_ROWS 64   /* below this, dropping the GIL costs more than it gives */
@@ -628,6 +629,10 @@ PyMODINIT_FUNC PyInit__forest(void) {
     Py_INCREF(&ForestType);
     if (PyModule_AddObject(m, "Forest", (PyObject *)&ForestType) < 0) {
         Py_DECREF(&ForestType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (request_encode_add_to(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
