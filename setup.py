@@ -11,6 +11,12 @@ setup(
             # Portable flags only: the same wheel must run on any arm64 / amd64 CPU, and no
             # fast-math, which would break the NaN (missing value) tests the evaluator relies on.
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
-        )
+        ),
+        # Byte work of the `score` call's Thrift framing (model_server/fast_codec.py).
+        Extension(
+            "model_server.native._codec",
+            sources=["model_server/native/codec.c"],
+            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
+        ),
     ],
 )

@@ -7,10 +7,12 @@ Only `score` takes this path; every other call, and any `score` frame this decod
 recognise field by field, goes through thriftpy2 (`generic_call`), so the wire format stays
 thriftpy2's. Tests check the bytes against thriftpy2's encoder.
 
-On the server's path a repeated bidder list is recognised by its bytes (`RecentBidderLists`)
-and a reply is one native call (`ScoreReplyEncoder.encode_scores`, which writes the float32
-probabilities and their forward flags into the cached reply bytes); `encode` is the numpy
-form that `encode_scores` is tested against.
+On the server's path a call whose bytes after the bid request were seen before is matched
+whole (`known_score_call`, native in model_server/native/codec.c), a repeated bidder list
+otherwise by its bytes (`RecentBidderLists`), and a reply is one native call
+(`ScoreReplyEncoder.encode_scores`, which writes the float32 probabilities and their forward
+flags into the cached reply bytes); `encode` is the numpy form that `encode_scores` is tested
+against.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +33,8 @@ try:  # the reply in one C call (model_server/native/request_path.h); numpy when
     from model_server.native._forest import score_reply as _score_reply
 except ImportError:  # pragma: no cover - depends on the build
     _score_reply = None
+
+_V = TypeVar("_V")
 
 VERSION_1 = 0x80010000
 VERSION_MASK = 0xFFFF0000
@@ -75,6 +79,61 @@ def parse_message_header(frame: bytes) -> tuple[str, int, int, int]:
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise MalformedFrameError(f"truncated or invalid message header: {exc}") from None
     return name, mtype, seqid, pos + 4
+
+
+# A strict CALL message for `score` up to its seqid, which every thriftpy2 client writes.
+SCORE_CALL_HEAD = _U32.pack(VERSION_1 | TMessageType.CALL) + _I32.pack(5) + b"score"
+# After the seqid: the header of field 1 (bid_request, a string) and the string's length.
+_PLAIN_ARGS = struct.Struct(">i3si")
+_BID_REQUEST_FIELD = b"\x0b\x00\x01"
+_PLAIN_START = len(SCORE_CALL_HEAD) + _PLAIN_ARGS.size
+
+
+def split_plain_score_call(frame: bytes) -> tuple[int, bytes, bytes] | None:
+    """(seqid, bid_request, the rest) of a `score` call that starts the way clients write it.
+
+    That is a strict header, then field 1 with its whole string. The rest is every byte after
+    the string; the caller checks it (`encode_bidders_tail`). None for any other frame.
+    """
+    if not frame.startswith(SCORE_CALL_HEAD) or len(frame) < _PLAIN_START:
+        return None
+    seqid, field, n = _PLAIN_ARGS.unpack_from(frame, len(SCORE_CALL_HEAD))
+    end = _PLAIN_START + n
+    if field != _BID_REQUEST_FIELD or n < 0 or end > len(frame):
+        return None
+    return seqid, frame[_PLAIN_START:end], frame[end:]
+
+
+def known_score_call_py(frame: bytes, known: dict[bytes, _V]) -> tuple[int, bytes, _V] | None:
+    """(seqid, bid_request, value) when the frame's rest after a plainly written bid request
+    (`split_plain_score_call`) is a key of `known`; None otherwise.
+
+    The reference for the native `known_score_call`, which the server uses when it is built.
+    """
+    plain = split_plain_score_call(frame)
+    if plain is None:
+        return None
+    seqid, bid_request, tail = plain
+    value = known.get(tail)
+    return None if value is None else (seqid, bid_request, value)
+
+
+known_score_call: Callable[[bytes, dict[bytes, Any]], tuple[int, bytes, Any] | None]
+try:  # the same in one C call (model_server/native/codec.c)
+    from model_server.native._codec import known_score_call as _native_known_score_call
+
+    known_score_call = _native_known_score_call
+except ImportError:  # pragma: no cover - depends on the build
+    known_score_call = known_score_call_py
+
+
+def encode_bidders_tail(names: Sequence[bytes]) -> bytes:
+    """Field 2 (bidders) and the arguments' stop byte, byte for byte as thriftpy2 writes them.
+
+    A frame whose rest (`split_plain_score_call`) is exactly this decodes to these names.
+    """
+    items = b"".join([_I32.pack(len(name)) + name for name in names])
+    return b"\x0f\x00\x02\x0b" + _I32.pack(len(names)) + items + b"\x00"
 
 
 class RecentBidderLists:
@@ -163,9 +222,10 @@ def _string(data: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class _ReplyTemplate:
+class ReplyTemplate:
     """The scores list of a reply for one bidder selection, with holes for the values."""
 
+    key: tuple[int, ...]  # the selection: model indices of the scored bidders, in order
     tail: bytes  # from the list header to the end of the message
     double_pos: NDArray[np.intp]  # where each probability's 8 bytes go, flattened
     bool_pos: NDArray[np.intp]  # where each forward flag goes
@@ -182,7 +242,7 @@ class ScoreReplyEncoder:
     """Encodes `score` replies for one model: bidder names and model version are fixed.
 
     Everything of a reply but the request id and the values depends only on which bidders were
-    scored, so each selection's bytes are built once (`_ReplyTemplate`) and a reply is a copy
+    scored, so each selection's bytes are built once (`ReplyTemplate`) and a reply is a copy
     of them with the probabilities and flags written in by numpy.
     """
 
@@ -200,14 +260,16 @@ class ScoreReplyEncoder:
         self._head = _U32.pack(VERSION_1 | TMessageType.REPLY) + _string(b"score")
         # Frame length, message header, seqid, success + request_id field headers, id length.
         self._head_struct = struct.Struct(f">i{len(self._head)}si6si")
+        # The frame length less the request id and the tail: header, seqid, field headers.
+        self._fixed_size = len(self._head) + 4 + 3 + 3 + 4
         self._thresholds = np.array(
             thresholds if thresholds is not None else [np.nan] * len(bidders), dtype=np.float64
         )
         if self._thresholds.shape != (len(bidders),):
             raise ValueError("thresholds must have one entry per bidder")
-        self._templates: dict[tuple[int, ...], _ReplyTemplate] = {}
+        self._templates: dict[tuple[int, ...], ReplyTemplate] = {}
 
-    def _template(self, key: tuple[int, ...]) -> _ReplyTemplate:
+    def _template(self, key: tuple[int, ...]) -> ReplyTemplate:
         parts = [self._version_field, b"\x0f\x00\x03\x0c", _I32.pack(len(key))]
         size = sum(map(len, parts))
         double_pos: list[int] = []
@@ -223,7 +285,8 @@ class ScoreReplyEncoder:
             bool_pos.append(size + _FLAG_OFFSET)
             size += 13
         parts.append(b"\x00\x00")  # stop: ScoreResponse, then the result struct
-        template = _ReplyTemplate(
+        template = ReplyTemplate(
+            key,
             b"".join(parts),
             np.asarray(double_pos, dtype=np.intp),
             np.asarray(bool_pos, dtype=np.intp),
@@ -244,8 +307,7 @@ class ScoreReplyEncoder:
         forward: NDArray[np.bool_],
     ) -> bytes:
         """A framed reply with one BidderScore per entry of `bidder_idx`."""
-        key = tuple(bidder_idx)
-        template = self._templates.get(key) or self._template(key)
+        template = self.template(bidder_idx)
         tail = bytearray(template.tail)
         view = np.frombuffer(tail, dtype=np.uint8)
         view[template.double_pos] = probabilities.astype(">f8").view(np.uint8)
@@ -254,12 +316,22 @@ class ScoreReplyEncoder:
 
     def _header(self, seqid: int, rid: bytes, tail_len: int) -> bytes:
         """Everything of a reply before its scores list (`tail_len` bytes follow it)."""
-        head = self._head
-        size = len(head) + 4 + 3 + 3 + 4 + len(rid) + tail_len
         # success: ScoreResponse; field 1 request_id
         return (
-            self._head_struct.pack(size, head, seqid, b"\x0c\x00\x00\x0b\x00\x01", len(rid)) + rid
+            self._head_struct.pack(
+                self._fixed_size + len(rid) + tail_len,
+                self._head,
+                seqid,
+                b"\x0c\x00\x00\x0b\x00\x01",
+                len(rid),
+            )
+            + rid
         )
+
+    def template(self, bidder_idx: Sequence[int]) -> ReplyTemplate:
+        """The reply template of one bidder selection (built on first use, then remembered)."""
+        key = tuple(bidder_idx)
+        return self._templates.get(key) or self._template(key)
 
     def encode_scores(
         self,
@@ -273,11 +345,19 @@ class ScoreReplyEncoder:
         The same bytes as ``encode(seqid, request_id, bidder_idx, p, p >= thresholds)`` with
         ``p = probabilities.astype(np.float64)``, in one native call where it is built.
         """
-        key = tuple(bidder_idx)
-        template = self._templates.get(key) or self._template(key)
+        return self.encode_with(self.template(bidder_idx), seqid, request_id, probabilities)
+
+    def encode_with(
+        self,
+        template: ReplyTemplate,
+        seqid: int,
+        request_id: str,
+        probabilities: NDArray[np.float32],
+    ) -> bytes:
+        """`encode_scores` for a selection whose template the caller already holds."""
         if _score_reply is None:
             p = probabilities.astype(np.float64)
-            return self.encode(seqid, request_id, key, p, p >= template.thresholds)
+            return self.encode(seqid, request_id, template.key, p, p >= template.thresholds)
         tail = template.tail
         head = self._header(seqid, request_id.encode(), len(tail))
         return _score_reply(

@@ -3,6 +3,7 @@
     service = ScoringService(loaded_model, predictor, max_bidders=64, max_batch=256)
     scored = service.score(raw_json_bytes, ["dsp-01", "dsp-07"])   # raises RequestError
     rid, idx, p32 = service.score_float32(raw, names)  # the hot path's form: no flags, no copies
+    rid, p32 = service.score_indices(raw, idx)      # the same, bidders already resolved
     handler = FrameHandler(service, stats)
     method, reply = handler.handle(frame)          # raises MalformedFrameError
 
@@ -35,12 +36,16 @@ from model_server.errors import (
 )
 from model_server.fast_codec import (
     RecentBidderLists,
+    ReplyTemplate,
     ScoreReplyEncoder,
     decode_score_args,
+    encode_bidders_tail,
     encode_exception,
     encode_reply,
     generic_call,
+    known_score_call,
     parse_message_header,
+    split_plain_score_call,
 )
 from model_server.logs import kv
 from model_server.metrics import INTERNAL, WorkerStats
@@ -176,10 +181,15 @@ class ScoringService:
         straight into the reply (`ScoreReplyEncoder.encode_scores`).
         """
         idx = self.resolve_bidders(names)
+        request_id, probabilities = self.score_indices(bid_request, idx)
+        return request_id, idx, probabilities
+
+    def score_indices(self, bid_request: bytes, idx: list[int]) -> tuple[str, NDArray[np.float32]]:
+        """`score_float32` for bidders already resolved (`resolve_bidders`)."""
         req = parse_bid_request(bid_request)
         n = len(idx)
         rows = self._pipeline.rows(req, idx, self._clock(), out=self._row_views[n])
-        return req["id"], idx, self.predictor.predict(rows, self._prob_views[n])
+        return req["id"], self.predictor.predict(rows, self._prob_views[n])
 
     def score(self, bid_request: bytes, names: Sequence[str] | Sequence[bytes]) -> Scored:
         request_id, idx, p = self.score_float32(bid_request, names)
@@ -299,7 +309,14 @@ class ThriftHandler:
 
 
 class FrameHandler:
-    """One Thrift frame (without its length prefix) in, one framed reply out."""
+    """One Thrift frame (without its length prefix) in, one framed reply out.
+
+    A `score` call whose bidder list was resolved before is recognised by its bytes: the rest
+    of the frame after the bid request maps to the list's model indices and reply template, so
+    such a call skips the argument decoding and the name lookups.
+    """
+
+    KNOWN_LISTS_LIMIT = 4096  # distinct bidder lists remembered; then the cache starts over
 
     def __init__(self, service: ScoringService, stats: WorkerStats) -> None:
         self._service = service
@@ -309,6 +326,7 @@ class FrameHandler:
         self._encoder = ScoreReplyEncoder(
             service.bidders, service.version, service.bidder_thresholds
         )
+        self._known_lists: dict[bytes, tuple[list[int], ReplyTemplate]] = {}
 
     def _internal_error(self, method: str, exc: Exception) -> None:
         self._stats.error(INTERNAL)
@@ -316,28 +334,61 @@ class FrameHandler:
 
     def handle(self, frame: bytes) -> tuple[str, bytes]:
         """(method, framed reply); raises MalformedFrameError for an undecodable frame."""
+        known = known_score_call(frame, self._known_lists)
+        if known is not None:
+            seqid, bid_request, (idx, template) = known
+            return "score", self._score_resolved(seqid, bid_request, idx, template)
         name, mtype, seqid, pos = parse_message_header(frame)
         if name == "score" and mtype == TMessageType.CALL:
             args = decode_score_args(frame, pos, self._recent_lists)
             if args is not None:
-                return name, self._score(seqid, *args)
+                bid_request, names = args
+                plain = split_plain_score_call(frame)
+                tail = None if plain is None else plain[2]
+                return name, self._score(seqid, bid_request, names, tail)
         return generic_call(self._processor, frame, self._internal_error)
 
-    def _score(self, seqid: int, bid_request: bytes, names: list[bytes]) -> bytes:
+    def _score(
+        self, seqid: int, bid_request: bytes, names: list[bytes], tail: bytes | None
+    ) -> bytes:
+        """Score a decoded call; `tail` is the frame's rest after a plainly written bid request."""
         try:
-            request_id, idx, probabilities = self._service.score_float32(bid_request, names)
+            idx = self._service.resolve_bidders(names)
         except RequestError as exc:
-            self._stats.error(exc.thrift_name)
-            result = tc.ModelServer.score_result()
-            thrift_exc = to_thrift_error(exc)
-            for _, (_, field_name, exc_cls, _) in result.thrift_spec.items():
-                if field_name != "success" and isinstance(thrift_exc, exc_cls):
-                    setattr(result, field_name, thrift_exc)
-            return encode_reply(tc.ModelServer, "score", seqid, result)
+            return self._request_error(seqid, exc)
         except Exception as exc:
-            self._internal_error("score", exc)
-            return encode_exception(
-                "score", seqid, TApplicationException.INTERNAL_ERROR, "internal error in score"
-            )
+            return self._internal_error_reply(seqid, exc)
+        template = self._encoder.template(idx)
+        if tail is not None and tail == encode_bidders_tail(names):
+            if len(self._known_lists) >= self.KNOWN_LISTS_LIMIT:
+                self._known_lists.clear()
+            self._known_lists[tail] = (idx, template)
+        return self._score_resolved(seqid, bid_request, idx, template)
+
+    def _score_resolved(
+        self, seqid: int, bid_request: bytes, idx: list[int], template: ReplyTemplate
+    ) -> bytes:
+        try:
+            request_id, probabilities = self._service.score_indices(bid_request, idx)
+        except RequestError as exc:
+            return self._request_error(seqid, exc)
+        except Exception as exc:
+            return self._internal_error_reply(seqid, exc)
         self._stats.bidders.observe(len(idx))
-        return self._encoder.encode_scores(seqid, request_id, idx, probabilities)
+        return self._encoder.encode_with(template, seqid, request_id, probabilities)
+
+    def _internal_error_reply(self, seqid: int, exc: Exception) -> bytes:
+        self._internal_error("score", exc)
+        return encode_exception(
+            "score", seqid, TApplicationException.INTERNAL_ERROR, "internal error in score"
+        )
+
+    def _request_error(self, seqid: int, exc: RequestError) -> bytes:
+        """The `score` reply carrying the IDL exception for `exc`."""
+        self._stats.error(exc.thrift_name)
+        result = tc.ModelServer.score_result()
+        thrift_exc = to_thrift_error(exc)
+        for _, (_, field_name, exc_cls, _) in result.thrift_spec.items():
+            if field_name != "success" and isinstance(thrift_exc, exc_cls):
+                setattr(result, field_name, thrift_exc)
+        return encode_reply(tc.ModelServer, "score", seqid, result)

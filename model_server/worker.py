@@ -23,9 +23,11 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from time import perf_counter
 from typing import Any, cast
 
 import numpy as np
@@ -54,6 +56,9 @@ SWEEP_INTERVAL = 0.25  # seconds between checks for stalled and over-age connect
 DRAIN_IDLE_GRACE = 1.0  # seconds a new connection may stay silent while draining
 STOP_GRACE = 2.0  # seconds a connection mid-frame gets to finish it after "stop"
 LISTEN_BACKLOG = 4096
+
+# A frame's 4-byte big-endian signed length, read in place: (length,).
+_frame_length = struct.Struct(">i").unpack_from
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,10 @@ class ThriftConnection(asyncio.Protocol):
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        # Bound once: data_received runs for every call.
+        self._handle = worker.handler.handle
+        self._stats = worker.stats
+        self._limit = worker.spec.max_frame_bytes
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.opened = time.monotonic()
@@ -140,8 +149,8 @@ class ThriftConnection(asyncio.Protocol):
             data = bytes(self.buffer)
             self.buffer.clear()
         end = len(data)
-        limit = self.worker.spec.max_frame_bytes
-        size = int.from_bytes(data[:4], "big", signed=True) if end >= 4 else -1
+        limit = self._limit
+        size = _frame_length(data)[0] if end >= 4 else -1
         if 0 < size <= limit and size + 4 == end:  # the usual case: exactly one whole frame
             if not self._answer(data[4:]):
                 return
@@ -160,9 +169,9 @@ class ThriftConnection(asyncio.Protocol):
     def _frame_complete(self, buf: bytearray) -> bool:
         if len(buf) < 4:
             return False
-        size = int.from_bytes(buf[:4], "big", signed=True)
+        size: int = _frame_length(buf)[0]
         # An invalid length is "complete" so that data_received rejects it now.
-        return size <= 0 or size > self.worker.spec.max_frame_bytes or len(buf) >= size + 4
+        return size <= 0 or size > self._limit or len(buf) >= size + 4
 
     def _answer_many(self, data: bytes, limit: int) -> int:
         """Answer every whole frame in `data` with one write; where the rest starts (-1: dropped).
@@ -174,8 +183,9 @@ class ThriftConnection(asyncio.Protocol):
         replies: list[bytes] = []
         answered: list[tuple[str, float]] = []  # (method, started) of each call in `replies`
         dropped = False
+        handle = self._handle
         while end - pos >= 4:
-            size = int.from_bytes(data[pos : pos + 4], "big", signed=True)
+            (size,) = _frame_length(data, pos)
             if size <= 0 or size > limit:
                 self._flush(replies, answered)  # what was answered before still goes out
                 self.drop(
@@ -185,11 +195,11 @@ class ThriftConnection(asyncio.Protocol):
                 return -1
             if end - pos - 4 < size:
                 break
-            started = time.perf_counter()
+            started = perf_counter()
             frame = data[pos + 4 : pos + 4 + size]
             pos += 4 + size
             try:
-                method, reply = self.worker.handler.handle(frame)
+                method, reply = handle(frame)
             except MalformedFrameError as exc:
                 self._flush(replies, answered)
                 self.drop(MALFORMED_FRAME, str(exc))
@@ -206,8 +216,8 @@ class ThriftConnection(asyncio.Protocol):
         assert self.transport is not None
         if replies:
             self.transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
-        done = time.perf_counter()
-        stats = self.worker.stats
+        done = perf_counter()
+        stats = self._stats
         for method, started in answered:
             stats.request(method, done - started)
         self.calls += len(answered)
@@ -215,10 +225,9 @@ class ThriftConnection(asyncio.Protocol):
         answered.clear()
 
     def _answer(self, frame: bytes) -> bool:
-        started = time.perf_counter()
-        worker = self.worker
+        started = perf_counter()
         try:
-            method, reply = worker.handler.handle(frame)
+            method, reply = self._handle(frame)
         except MalformedFrameError as exc:
             self.drop(MALFORMED_FRAME, str(exc))
             return False
@@ -226,7 +235,7 @@ class ThriftConnection(asyncio.Protocol):
         if reply:
             self.transport.write(reply)
         self.calls += 1
-        worker.stats.request(method, time.perf_counter() - started)
+        self._stats.request(method, perf_counter() - started)
         return True
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model_server.artifact import ArtifactRef, write_artifact
+from model_server.artifact import ArtifactRef, load_artifact, write_artifact
+from model_server.predictor import make_predictor
+from model_server.service import ScoringService
 from model_server.training import TrainConfig, synthetic_examples, train
 
 
@@ -34,3 +36,10 @@ def train_artifact(
         version=version,
         params=result.params,
     )
+
+
+def scoring_service(artifact_dir: Path, max_bidders: int = 6, max_batch: int = 4) -> ScoringService:
+    """A native-backend ScoringService on `artifact_dir` with a fixed clock (1.7e9)."""
+    model = load_artifact(artifact_dir)
+    predictor = make_predictor(model.booster, "native")
+    return ScoringService(model, predictor, max_bidders, max_batch, clock=lambda: 1.7e9)

@@ -9,6 +9,8 @@
             ...
         assert server.exit_code == 0
 
+`service` (module): a native-backend ScoringService on `tiny_artifact` (fixed clock), for tests
+of the scoring and framing layers without a process.
 `tiny_artifact` (session): an artifact trained on synthetic traffic (8 bidders, 20 trees); an
 `ArtifactRef` with `.path`, `.sha256`, `.manifest`. Treat it as read-only.
 `start_rtbserve(model, *flags, env=None, wait_ready=True)` starts `python -m rtbserve serve`
@@ -28,7 +30,8 @@ from typing import Any
 import pytest
 
 from model_server.launcher import ServerProcess
-from tests.artifacts import train_artifact
+from model_server.service import ScoringService
+from tests.artifacts import scoring_service, train_artifact
 
 START_TIMEOUT = 90.0  # seconds; workers import xgboost and warm up before /readyz turns 200
 STOP_TIMEOUT = 30.0
@@ -78,6 +81,12 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return train_artifact(
         out, seed=11, version="v-test", name="tiny", requests=800, bidders=8, trees=20
     )
+
+
+@pytest.fixture(scope="module", name="service")
+def tiny_scoring_service(tiny_artifact: Any) -> ScoringService:
+    """A ScoringService on the tiny artifact, in process."""
+    return scoring_service(tiny_artifact.path)
 
 
 @pytest.fixture

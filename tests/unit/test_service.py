@@ -19,7 +19,6 @@ from thriftpy2.transport import TCyMemoryBuffer
 
 from model_server import logs
 from model_server import thrift_contract as tc
-from model_server.artifact import load_artifact
 from model_server.errors import TooManyBiddersError, UnknownBidderError
 from model_server.fast_codec import (
     MalformedFrameError,
@@ -29,16 +28,9 @@ from model_server.fast_codec import (
     parse_message_header,
 )
 from model_server.metrics import ServerCollector, WorkerStats, stats_from_wire, stats_to_wire
-from model_server.predictor import make_predictor
 from model_server.serve_config import ConfigError, available_cpus, load_config
 from model_server.service import BatchTooLargeError, FrameHandler, Scored, ScoringService
 from model_server.synthetic import TrafficGenerator
-
-
-@pytest.fixture(scope="module")
-def service(tiny_artifact: Any) -> ScoringService:
-    model = load_artifact(tiny_artifact.path)
-    return ScoringService(model, make_predictor(model.booster, "native"), 6, 4, clock=lambda: 1.7e9)
 
 
 @pytest.fixture
