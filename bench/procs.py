@@ -1,7 +1,7 @@
 """Processes the benchmark starts: pinned to a core, logged to a file, always stopped.
 
-Every server runs in its own session (process group), so stopping it also stops any worker
-processes it forked. `stop_all()` is the safety net the entry point calls on any exit.
+Every server runs in its own process group, so stopping it also stops any worker processes it
+forked. `stop_all()` is the safety net the entry point calls on any exit.
 """
 
 from __future__ import annotations
@@ -108,7 +108,10 @@ def start_server(
             stdin=subprocess.DEVNULL,
             env=full_env,
             cwd=cwd,
-            start_new_session=True,
+            # Its own process group (stopping it reaches its workers) but the benchmark's
+            # session: with autogroup scheduling a new session is a new CPU group, and the
+            # SCHED_IDLE busy loops (bench.warm_cores) only yield at once within one group.
+            process_group=0,
         )
     server = ServerProcess(name=name, popen=popen, log_path=log_path, core=core)
     _RUNNING.append(server)
