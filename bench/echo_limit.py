@@ -7,9 +7,7 @@ moves the same bytes per call as the model server and the load generator cannot 
 
 from __future__ import annotations
 
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,6 +17,7 @@ from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.thrift import TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
+from bench.cbuild import build_c_program
 from bench.config import BENCH_DIR, REPO_DIR
 
 ECHO_SOURCE = BENCH_DIR / "echo" / "echo_server.c"
@@ -31,19 +30,7 @@ def thrift_module() -> ModuleType:
 
 def build_echo_server(out_dir: Path) -> Path:
     """Compile the echo server with the system C compiler; reuse it while the source is older."""
-    binary = out_dir / "echo_server"
-    if binary.exists() and binary.stat().st_mtime >= ECHO_SOURCE.stat().st_mtime:
-        return binary
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise RuntimeError("the echo limit needs a C compiler (cc or gcc) on PATH")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [cc, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(ECHO_SOURCE)],
-        check=True,
-        capture_output=True,
-    )
-    return binary
+    return build_c_program(ECHO_SOURCE, out_dir / "echo_server", "the echo limit")
 
 
 def framed_reply(method: str, result: Any) -> bytes:

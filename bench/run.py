@@ -328,7 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_predict:
             run_predict_limit(report, cfg, log)
         if prep is not None:
-            with warm_cores.keep_warm([cfg.server_core, cfg.load_core], enabled=cfg.warm_cores):
+            with warm_cores.keep_warm(
+                [cfg.server_core, cfg.load_core], cfg.work_dir / "idle_loop", cfg.warm_cores
+            ):
                 run_systems(report, cfg, prep, log)
     except (KeyboardInterrupt, SystemExit) as exc:
         # Ctrl-C or SIGTERM: stop everything, then still write what was measured.

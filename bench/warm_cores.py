@@ -5,10 +5,11 @@ hypervisor's scheduler: on a shared host that can take milliseconds, which then 
 every p99 however fast the server is (on the 2-core development VM, a C client against the C
 echo server saw p99 3-9 ms at 1,000-20,000 req/s with idle cores, 0.15 ms with warm ones).
 A SCHED_IDLE task only runs when nothing else wants the core and is preempted the moment the
-server or load generator wakes, so the core never halts and the server loses nothing. Its CPU
-time is known, so `bench.cpu` subtracts it from the core's busy time.
+server or load generator wakes, so the core never halts and the server loses nothing; the loop
+body is the CPU's spin-wait hint (`idle_loop/idle_loop.c`), which leaves the caches alone. Its
+CPU time is known, so `bench.cpu` subtracts it from the core's busy time.
 
-    with keep_warm([0, 1]):
+    with keep_warm([0, 1], build_dir):
         ...                      # measurements
         with paused():           # the same, as an idle machine behaves (the "cold" echo limit)
             ...
@@ -17,18 +18,16 @@ time is known, so `bench.cpu` subtracts it from the core's busy time.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from bench.cbuild import build_c_program
+from bench.config import BENCH_DIR
 from bench.cpu import CLOCK_TICKS
 
-SPIN_PROGRAM = (
-    "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
-)
+IDLE_LOOP_SOURCE = BENCH_DIR / "idle_loop" / "idle_loop.c"
 
 _SPINNERS: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -52,9 +51,14 @@ def warm_cores() -> list[int]:
     return sorted(_SPINNERS)
 
 
-def _start_spinner(core: int) -> subprocess.Popen[bytes]:
-    spinner = subprocess.Popen(
-        [sys.executable, "-c", SPIN_PROGRAM],
+def build_idle_loop(out_dir: Path) -> Path:
+    """Compile `idle_loop/idle_loop.c` (the busy loop) into `out_dir`."""
+    return build_c_program(IDLE_LOOP_SOURCE, out_dir / "idle_loop", "keeping cores warm")
+
+
+def _start_spinner(binary: Path, core: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(binary), str(core)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -64,8 +68,6 @@ def _start_spinner(core: int) -> subprocess.Popen[bytes]:
         # fair share and delay the server's wake-ups by milliseconds.
         process_group=0,
     )
-    os.sched_setaffinity(spinner.pid, {core})
-    return spinner
 
 
 def _stop(spinner: subprocess.Popen[bytes]) -> None:
@@ -76,15 +78,17 @@ def _stop(spinner: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def keep_warm(cores: Sequence[int], enabled: bool = True) -> Iterator[list[int]]:
-    """Run a busy loop at SCHED_IDLE on each of `cores` for the duration; yields the cores."""
+def keep_warm(cores: Sequence[int], build_dir: Path, enabled: bool = True) -> Iterator[list[int]]:
+    """Run a busy loop at SCHED_IDLE on each of `cores` for the duration; yields the cores.
+    The loop is compiled into `build_dir` first (once)."""
     if not enabled:
         yield []
         return
+    binary = build_idle_loop(build_dir)
     started: list[int] = []
     try:
         for core in dict.fromkeys(cores):
-            _SPINNERS[core] = _start_spinner(core)
+            _SPINNERS[core] = _start_spinner(binary, core)
             started.append(core)
         yield started
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -86,17 +87,19 @@ def _policy_and_state(pid: int) -> tuple[int, str]:
     return os.sched_getscheduler(pid), stat[stat.rindex(")") + 2]
 
 
-def test_warm_cores_run_idle_priority_loops_pinned_pausable_and_always_stopped() -> None:
+def test_warm_cores_run_idle_priority_loops_pinned_pausable_and_always_stopped(
+    tmp_path: Path,
+) -> None:
     core = sorted(os.sched_getaffinity(0))[0]
-    with warm_cores.keep_warm([core, core]) as cores:
+    with warm_cores.keep_warm([core, core], tmp_path) as cores:
         assert cores == [core]
         assert warm_cores.warm_cores() == [core]
         spinner = warm_cores._SPINNERS[core]
-        assert os.sched_getaffinity(spinner.pid) == {core}
         deadline = time.monotonic() + 10
         while _policy_and_state(spinner.pid)[0] != os.SCHED_IDLE and time.monotonic() < deadline:
-            time.sleep(0.02)  # the child sets its own policy as it starts
+            time.sleep(0.02)  # the loop sets its own policy and affinity as it starts
         assert _policy_and_state(spinner.pid)[0] == os.SCHED_IDLE
+        assert os.sched_getaffinity(spinner.pid) == {core}
         with warm_cores.paused():
             assert _policy_and_state(spinner.pid)[1] == "T"
         assert _policy_and_state(spinner.pid)[1] in "RS"
@@ -104,7 +107,7 @@ def test_warm_cores_run_idle_priority_loops_pinned_pausable_and_always_stopped()
     assert spinner.poll() is not None
     assert warm_cores.warm_cores() == []
     assert warm_cores.filler_cpu_seconds(core) == 0.0
-    with warm_cores.keep_warm([core], enabled=False) as none:
+    with warm_cores.keep_warm([core], tmp_path, enabled=False) as none:
         assert none == []
         assert warm_cores.warm_cores() == []
 
@@ -149,3 +152,13 @@ def test_summary_puts_the_servers_latency_beside_the_clients() -> None:
     assert "0.300 / 1.500 / 3.000" in text  # client p50 / p99 / p99.9
     assert "0.100 / 0.420 / —" in text  # server-side, p99.9 not read
     assert "kept awake" in text
+
+
+@pytest.mark.parametrize("bad", [[], ["x"], ["-1"], ["1", "2"]])
+def test_idle_loop_refuses_a_bad_core(tmp_path: Path, bad: list[str]) -> None:
+    binary = warm_cores.build_idle_loop(tmp_path)
+    done = subprocess.run(
+        [str(binary), *bad], check=False, capture_output=True, text=True, timeout=10
+    )
+    assert done.returncode == 2
+    assert "idle_loop" in done.stderr or "usage" in done.stderr
