@@ -31,6 +31,9 @@ class SearchConfig:
     step_seconds: float = 3.0
     # A run that delivers less than this share of the offered rate is over saturation.
     min_delivered: float = 0.97
+    # Runs at a rate, all failing the SLO, before the saturation search believes the failure
+    # (noise from other tenants only makes runs worse; the capacity search does not repeat).
+    slo_attempts: int = 2
 
 
 @dataclass(frozen=True)

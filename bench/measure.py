@@ -60,6 +60,7 @@ def measure_system(
         prior=capacity.steps,
         on_step=on_step(f"saturation (p99 ≤ {search.slo_p99_ms:g} ms)"),
         min_rate=floor,
+        attempts=search.slo_attempts,
     )
     result = SystemResult(
         system,

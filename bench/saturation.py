@@ -4,6 +4,11 @@ The same search drives every system, so their figures are comparable: double the
 run fails (p99 over the bound, an error, or the server not keeping up with the offered rate),
 then bisect between the highest passing and the lowest failing rate. A second search under a
 stricter bound starts from the first one's runs, so it only bisects what they left open.
+
+On a shared machine a run can fail for reasons that have nothing to do with the server (a
+neighbour's burst lands in its p99). Such noise only ever makes a run worse, so a search can
+ask for each failure to be confirmed: a rate counts as failed only when `attempts` runs at it
+all failed, and as passed when any run at it passed.
 """
 
 from __future__ import annotations
@@ -34,21 +39,38 @@ class SearchOutcome:
     steps: list[RunMeasurement] = field(default_factory=list)
 
 
+def _verdicts(runs: Sequence[RunMeasurement], criterion: Criterion) -> dict[float, list[bool]]:
+    """Pass/fail of every run, grouped by offered rate."""
+    verdicts: dict[float, list[bool]] = {}
+    for r in runs:
+        verdicts.setdefault(r.offered_rps, []).append(criterion.passes(r))
+    return verdicts
+
+
 def bounds(
     runs: Sequence[RunMeasurement], criterion: Criterion
 ) -> tuple[float | None, float | None]:
-    """(highest passing, lowest failing) offered rate among `runs`; a passing rate above the
-    lowest failing one is noise and ignored, since the search only probes below a failure."""
-    failed = min((r.offered_rps for r in runs if not criterion.passes(r)), default=None)
+    """(highest passing, lowest failing) offered rate among `runs`; a rate passes when any of
+    its runs passed. A passing rate above the lowest failing one is noise and ignored, since
+    the search only probes below a failure."""
+    verdicts = _verdicts(runs, criterion)
+    failed = min((rate for rate, v in verdicts.items() if not any(v)), default=None)
     ok = max(
-        (
-            r.offered_rps
-            for r in runs
-            if criterion.passes(r) and (failed is None or r.offered_rps < failed)
-        ),
+        (rate for rate, v in verdicts.items() if any(v) and (failed is None or rate < failed)),
         default=None,
     )
     return ok, failed
+
+
+def unconfirmed_failure(
+    runs: Sequence[RunMeasurement], criterion: Criterion, attempts: int
+) -> float | None:
+    """The lowest failing rate when it has failed fewer than `attempts` times (so it is to be
+    run again before the search believes it), else None."""
+    _, failed = bounds(runs, criterion)
+    if failed is None:
+        return None
+    return failed if len(_verdicts(runs, criterion)[failed]) < attempts else None
 
 
 def next_rate(
@@ -81,22 +103,31 @@ def find_saturation(
     on_step: Callable[[RunMeasurement, bool], None] | None = None,
     tolerance: float | None = None,
     min_rate: float = MIN_RATE,
+    attempts: int = 1,
 ) -> SearchOutcome:
     """Run `measure(rate)` at the rates the search picks; return the highest passing rate.
 
-    `tolerance` overrides cfg.tolerance; below `min_rate` the search gives up.
+    `tolerance` overrides cfg.tolerance; below `min_rate` the search gives up. With
+    `attempts` > 1 a failing rate is run again (up to that many times in all) before the
+    search takes it as the failure to bisect towards.
     """
     outcome = SearchOutcome(rate=None)
     runs = list(prior)
-    ok, failed = bounds(runs, criterion)
-    rate = next_rate(ok, failed, cfg, tolerance, min_rate)
+
+    def pick() -> float | None:
+        again = unconfirmed_failure(runs, criterion, attempts)
+        if again is not None:
+            return again
+        ok, failed = bounds(runs, criterion)
+        return next_rate(ok, failed, cfg, tolerance, min_rate)
+
+    rate = pick()
     while rate is not None and len(outcome.steps) < cfg.max_steps:
         run = measure(rate)
         outcome.steps.append(run)
         runs.append(run)
         if on_step is not None:
             on_step(run, criterion.passes(run))
-        ok, failed = bounds(runs, criterion)
-        rate = next_rate(ok, failed, cfg, tolerance, min_rate)
-    outcome.rate = ok
+        rate = pick()
+    outcome.rate = bounds(runs, criterion)[0]
     return outcome
