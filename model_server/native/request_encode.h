@@ -1183,19 +1183,8 @@ static PyObject *encoder_rows(EncoderObject *e, PyObject *const *args, Py_ssize_
             goto done;
         }
     }
-    const float *tab = e->table.buf;
-    float *dst = out.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t b;
-        if (index_at(bidders, i, n_rows, "bidders", &b) != 0) {
-            goto done;
-        }
-        float *row = dst + i * (r + c);
-        const float *src = tab + b * n_cols;
-        memcpy(row, req, sizeof(float) * (size_t)r);
-        for (Py_ssize_t j = 0; j < c; j++) {
-            row[r + j] = src[cols[j]];
-        }
+    if (assemble_rows(req, r, cols, c, bidders, e->table.buf, n_rows, n_cols, out.buf) != 0) {
+        goto done;
     }
     result = Py_None;
     Py_INCREF(result);

@@ -62,6 +62,28 @@ static int index_at(PyObject *seq, Py_ssize_t i, Py_ssize_t limit, const char *n
     return 0;
 }
 
+/* Rows for the bidders in `bidders` (a fast sequence of table row indexes), written to `dst`:
+ * each is the request part `req` (r floats) followed by that bidder's table row at `cols` (c
+ * column indexes, already checked against n_cols). */
+static int assemble_rows(const float *req, Py_ssize_t r, const Py_ssize_t *cols, Py_ssize_t c,
+                         PyObject *bidders, const float *table, Py_ssize_t n_rows,
+                         Py_ssize_t n_cols, float *dst) {
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(bidders);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t b;
+        if (index_at(bidders, i, n_rows, "bidders", &b) != 0) {
+            return -1;
+        }
+        float *row = dst + i * (r + c);
+        const float *src = table + b * n_cols;
+        memcpy(row, req, sizeof(float) * (size_t)r);
+        for (Py_ssize_t j = 0; j < c; j++) {
+            row[r + j] = src[cols[j]];
+        }
+    }
+    return 0;
+}
+
 static PyObject *rp_fill_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 5) {
@@ -120,19 +142,8 @@ static PyObject *rp_fill_rows(PyObject *module, PyObject *const *args, Py_ssize_
             goto done;
         }
     }
-    const float *tab = table.buf;
-    float *dst = out.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t b;
-        if (index_at(bidders, i, n_rows, "bidders", &b) != 0) {
-            goto done;
-        }
-        float *row = dst + i * (r + c);
-        const float *src = tab + b * n_cols;
-        memcpy(row, req, sizeof(float) * (size_t)r);
-        for (Py_ssize_t j = 0; j < c; j++) {
-            row[r + j] = src[cols[j]];
-        }
+    if (assemble_rows(req, r, cols, c, bidders, table.buf, n_rows, n_cols, out.buf) != 0) {
+        goto done;
     }
     result = Py_None;
     Py_INCREF(result);
