@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,13 +33,29 @@ IDLE_LOOP_SOURCE = BENCH_DIR / "idle_loop" / "idle_loop.c"
 _SPINNERS: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _process_cpu_seconds(pid: int) -> float:
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: state first (None once the process is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _wait_until_stopped(pid: int, timeout_s: float = 2.0) -> None:
+    # SIGSTOP takes effect when the target next enters the kernel, not when kill() returns:
+    # a measurement started before that would still share the core with the loop.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.001)
 
 
 def filler_cpu_seconds(core: int) -> float:
@@ -98,11 +115,14 @@ def keep_warm(cores: Sequence[int], build_dir: Path, enabled: bool = True) -> It
 
 @contextlib.contextmanager
 def paused() -> Iterator[None]:
-    """Let the cores idle again for a while (SIGSTOP the busy loops, SIGCONT after)."""
+    """Let the cores idle again for a while (SIGSTOP the busy loops, SIGCONT after); the
+    body starts once every loop has actually stopped."""
     spinners = list(_SPINNERS.values())
     for spinner in spinners:
         with contextlib.suppress(ProcessLookupError):
             spinner.send_signal(signal.SIGSTOP)
+    for spinner in spinners:
+        _wait_until_stopped(spinner.pid)
     try:
         yield
     finally:
