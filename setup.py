@@ -7,7 +7,11 @@ setup(
         Extension(
             "model_server.native._forest",
             sources=["model_server/native/forest.c"],
-            depends=["model_server/native/request_path.h", "model_server/native/request_encode.h"],
+            depends=[
+                "model_server/native/request_path.h",
+                "model_server/native/request_encode.h",
+                "model_server/native/score_path.h",
+            ],
             # Portable flags only: the same wheel must run on any arm64 / amd64 CPU, and no
             # fast-math, which would break the NaN (missing value) tests the evaluator relies on.
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],

@@ -231,6 +231,16 @@ class ReplyTemplate:
     bool_pos: NDArray[np.intp]  # where each forward flag goes
     positions: tuple[int, ...]  # where each probability starts (its flag is _FLAG_OFFSET on)
     thresholds: NDArray[np.float64]  # each scored bidder's threshold (NaN: none given)
+    layout: bytes  # all of the above for native code: see reply_layout
+
+
+def reply_layout(
+    key: Sequence[int], positions: Sequence[int], thresholds: NDArray[np.float64], tail: bytes
+) -> bytes:
+    """A template as model_server/native/score_path.h reads it: n, the n bidder indices, the n
+    positions (int32), the n thresholds (float64), little endian; then the tail."""
+    n = len(key)
+    return struct.pack(f"<i{n}i{n}i{n}d", n, *key, *positions, *thresholds.tolist()) + tail
 
 
 # From the start of a BidderScore's probability to its forward flag: 8 value bytes, then the
@@ -269,6 +279,11 @@ class ScoreReplyEncoder:
             raise ValueError("thresholds must have one entry per bidder")
         self._templates: dict[tuple[int, ...], ReplyTemplate] = {}
 
+    @property
+    def reply_head(self) -> bytes:
+        """A `score` reply's message header (version and type, method name), before the seqid."""
+        return self._head
+
     def _template(self, key: tuple[int, ...]) -> ReplyTemplate:
         parts = [self._version_field, b"\x0f\x00\x03\x0c", _I32.pack(len(key))]
         size = sum(map(len, parts))
@@ -285,13 +300,16 @@ class ScoreReplyEncoder:
             bool_pos.append(size + _FLAG_OFFSET)
             size += 13
         parts.append(b"\x00\x00")  # stop: ScoreResponse, then the result struct
+        tail = b"".join(parts)
+        thresholds = np.ascontiguousarray(self._thresholds[list(key)])
         template = ReplyTemplate(
             key,
-            b"".join(parts),
+            tail,
             np.asarray(double_pos, dtype=np.intp),
             np.asarray(bool_pos, dtype=np.intp),
             tuple(positions),
-            np.ascontiguousarray(self._thresholds[list(key)]),
+            thresholds,
+            reply_layout(key, positions, thresholds, tail),
         )
         if len(self._templates) >= self.MAX_TEMPLATES:
             self._templates.clear()

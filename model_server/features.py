@@ -600,6 +600,11 @@ class FeaturePipeline:
             self._bidder_table,
         )
 
+    @property
+    def native_encoder(self) -> RequestEncoder | None:
+        """The C encoder `rows` uses for dict requests (None where it is not built)."""
+        return self._native
+
     def __getstate__(self) -> dict[str, Any]:
         """Pickles as before: the native encoder is rebuilt over the unpickled tables."""
         state = dict(self.__dict__)

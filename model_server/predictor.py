@@ -294,6 +294,11 @@ class NativePredictor:
         return cls(forest_from_json(bytes(booster.save_raw("json"))))
 
     @property
+    def forest(self) -> Any:
+        """The compiled evaluator (`model_server.native._forest.Forest`)."""
+        return self._forest
+
+    @property
     def n_features(self) -> int:
         return self._n_features
 

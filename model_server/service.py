@@ -19,9 +19,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 from thriftpy2.thrift import TApplicationException, TMessageType, TProcessor
 
@@ -48,9 +49,18 @@ from model_server.fast_codec import (
     split_plain_score_call,
 )
 from model_server.logs import kv
-from model_server.metrics import INTERNAL, WorkerStats
+from model_server.metrics import INTERNAL, Histogram, WorkerStats
 from model_server.openrtb import parse_bid_request
-from model_server.predictor import Predictor
+from model_server.predictor import NativePredictor, Predictor
+
+if TYPE_CHECKING:
+    from model_server.native._forest import ScorePath
+
+_ScorePath: type[ScorePath] | None
+try:  # a known call in one C step (model_server/native/score_path.h), where it is built
+    from model_server.native._forest import ScorePath as _ScorePath
+except ImportError:  # pragma: no cover - depends on the build
+    _ScorePath = None
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +87,16 @@ class Scored:
     bidder_idx: list[int]
     probabilities: NDArray[np.float64]
     forward: NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class NativeParts:
+    """The pieces of a ScoringService that model_server/native/score_path.h drives."""
+
+    encoder: Any  # model_server.native._forest.RequestEncoder
+    forest: Any  # model_server.native._forest.Forest
+    clock: Callable[[], float] | None  # None: the system clock (time.time)
+    max_bidders: int  # rows the path keeps room for
 
 
 class ScoringService:
@@ -190,6 +210,14 @@ class ScoringService:
         n = len(idx)
         rows = self._pipeline.rows(req, idx, self._clock(), out=self._row_views[n])
         return req["id"], self.predictor.predict(rows, self._prob_views[n])
+
+    def native_parts(self) -> NativeParts | None:
+        """What a native score path needs, when both the encoder and the evaluator are native."""
+        encoder = self._pipeline.native_encoder
+        if encoder is None or not isinstance(self.predictor, NativePredictor):
+            return None
+        clock = None if self._clock is time.time else self._clock
+        return NativeParts(encoder, self.predictor.forest, clock, len(self._prob_views) - 1)
 
     def score(self, bid_request: bytes, names: Sequence[str] | Sequence[bytes]) -> Scored:
         request_id, idx, p = self.score_float32(bid_request, names)
@@ -318,7 +346,9 @@ class FrameHandler:
 
     KNOWN_LISTS_LIMIT = 4096  # distinct bidder lists remembered; then the cache starts over
 
-    def __init__(self, service: ScoringService, stats: WorkerStats) -> None:
+    def __init__(
+        self, service: ScoringService, stats: WorkerStats, max_frame_bytes: int = 1 << 20
+    ) -> None:
         self._service = service
         self._stats = stats
         self._processor = TProcessor(tc.ModelServer, ThriftHandler(service, stats))
@@ -327,6 +357,38 @@ class FrameHandler:
             service.bidders, service.version, service.bidder_thresholds
         )
         self._known_lists: dict[bytes, tuple[list[int], ReplyTemplate]] = {}
+        self.score_path = self._native_score_path(max_frame_bytes)
+
+    def _native_score_path(self, max_frame_bytes: int) -> ScorePath | None:
+        """Known calls answered in one native step (`ScorePath.call(data, write)`), over the
+        same known lists, encoder and evaluator as `handle`; None where those are not native."""
+        parts = self._service.native_parts()
+        if _ScorePath is None or parts is None:
+            return None
+        return _ScorePath(
+            parts.encoder,
+            parts.forest,
+            self._known_lists,
+            orjson.loads,
+            parts.clock,
+            self._encoder.reply_head,
+            max_frame_bytes,
+            parts.max_bidders,
+            self._stats.latency.bounds,
+            self._stats.bidders.bounds,
+        )
+
+    def fold_native_counts(self) -> None:
+        """Add what the native score path counted since the last fold to the stats."""
+        if self.score_path is None:
+            return
+        calls, latency, seconds, bidders, bidders_total = self.score_path.take_counts()
+        if not calls:
+            return
+        stats = self._stats
+        stats.requests["score"] = stats.requests.get("score", 0) + calls
+        stats.latency.add(Histogram(stats.latency.bounds, latency, seconds))
+        stats.bidders.add(Histogram(stats.bidders.bounds, bidders, bidders_total))
 
     def _internal_error(self, method: str, exc: Exception) -> None:
         self._stats.error(INTERNAL)

@@ -25,6 +25,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from time import perf_counter
@@ -107,9 +108,12 @@ class ThriftConnection(asyncio.Protocol):
         self.worker = worker
         # Bound once: data_received runs for every call.
         self._handle = worker.handler.handle
+        score_path = worker.handler.score_path
+        self._known_call = None if score_path is None else score_path.call
         self._stats = worker.stats
         self._limit = worker.spec.max_frame_bytes
         self.transport: asyncio.Transport | None = None
+        self._write: Callable[[bytes], object]  # the transport's write, once connected
         self.buffer = bytearray()
         self.opened = time.monotonic()
         self.partial_since = 0.0  # when the buffered incomplete frame started arriving
@@ -119,6 +123,7 @@ class ThriftConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
         self.transport = cast(asyncio.Transport, transport)
+        self._write = self.transport.write
         self.worker.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -141,6 +146,13 @@ class ThriftConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            return
+        # The usual call, one whole remembered `score` call in one read, is answered (written
+        # and counted) in one native step; everything else takes the general path below.
+        if self._known_call is not None and not self.buffer and self._known_call(data, self._write):
+            self.calls += 1
+            if self.worker.should_close(self):
+                self.close()
             return
         if self.buffer:
             self.buffer += data
@@ -287,6 +299,10 @@ class Worker:
         with contextlib.suppress(OSError, ValueError):
             self.control.send(message)
 
+    def _send_stats(self) -> None:
+        self.handler.fold_native_counts()
+        self._send(("stats", self.spec.worker_id, stats_to_wire(self.stats)))
+
     def _on_control(self) -> None:
         try:
             message = self.control.recv()
@@ -305,7 +321,7 @@ class Worker:
             await asyncio.sleep(SWEEP_INTERVAL)
             self._sweep()
             if time.monotonic() >= next_stats:
-                self._send(("stats", self.spec.worker_id, stats_to_wire(self.stats)))
+                self._send_stats()
                 next_stats = time.monotonic() + STATS_INTERVAL
 
     async def run(self) -> None:
@@ -320,7 +336,7 @@ class Worker:
         await self._shutdown()
         ticker.cancel()
         loop.remove_reader(self.control.fileno())
-        self._send(("stats", self.spec.worker_id, stats_to_wire(self.stats)))
+        self._send_stats()
 
     async def _shutdown(self) -> None:
         """Stop accepting; close idle connections; give ones mid-frame a moment to finish."""
@@ -367,7 +383,7 @@ def _build(spec: WorkerSpec) -> tuple[FrameHandler, WorkerStats]:
     predictor = make_predictor(model.booster, spec.backend)
     service = ScoringService(model, predictor, spec.max_bidders, spec.max_batch)
     stats = WorkerStats()
-    handler = FrameHandler(service, stats)
+    handler = FrameHandler(service, stats, spec.max_frame_bytes)
     warm_up(service, handler, spec.warmup_requests, seed=spec.worker_id)
     stats.reset()  # serving counts from zero
     # Everything loaded so far lives as long as the worker. Moved out of the collector's

@@ -1,4 +1,4 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from numpy.typing import NDArray
@@ -64,3 +64,20 @@ def score_reply(
     thresholds: NDArray[Any],
     /,
 ) -> bytes: ...
+
+class ScorePath:
+    def __init__(
+        self,
+        encoder: RequestEncoder,
+        forest: Forest,
+        known: dict[bytes, Any],
+        loads: Callable[[Any], Any],
+        clock: Callable[[], float] | None,
+        reply_head: bytes,
+        max_frame: int,
+        max_bidders: int,
+        latency_bounds: Sequence[float],
+        bidder_bounds: Sequence[float],
+    ) -> None: ...
+    def call(self, data: bytes, write: Callable[[bytes], object], /) -> bool: ...
+    def take_counts(self) -> tuple[int, list[int], float, list[int], float]: ...

@@ -604,6 +604,9 @@ static PyTypeObject ForestType = {
     .tp_getset = forest_getset,
 };
 
+/* Needs the Forest type and eval_rows above, and the encoder of request_encode.h. */
+#include "score_path.h"
+
 static PyMethodDef module_methods[] = {
     REQUEST_PATH_METHODS,
     {NULL, NULL, 0, NULL},
@@ -632,7 +635,7 @@ PyMODINIT_FUNC PyInit__forest(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (request_encode_add_to(m) < 0) {
+    if (request_encode_add_to(m) < 0 || score_path_add_to(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

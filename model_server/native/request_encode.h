@@ -1046,16 +1046,12 @@ static int look_up(const EncoderObject *e, const KeyPlan *p, PyObject *value, Py
 }
 
 /* values: RE_N_NUMERIC + n_code doubles; cols: head + n_cross columns. */
-static int encode_into(EncoderObject *e, PyObject *req, PyObject *now_obj, double *values,
+static int encode_into(EncoderObject *e, PyObject *req, double now, double *values,
                        Py_ssize_t *cols) {
     PyObject *keys[RE_N_KEYS] = {0};
     Keep kp;
     int rc = -1;
     keep_init(&kp);
-    const double now = PyFloat_AsDouble(now_obj);
-    if (now == -1.0 && PyErr_Occurred()) {
-        goto done;
-    }
     if (extract(&kp, req, now, values, keys) < 0) {
         goto done;
     }
@@ -1111,7 +1107,9 @@ static PyObject *encoder_encode(EncoderObject *e, PyObject *const *args, Py_ssiz
     }
     double values[RE_N_NUMERIC + RE_N_KEYS];
     Py_ssize_t cols[RE_MAX_HEAD + RE_N_KEYS];
-    if (check_request(args[0]) < 0 || encode_into(e, args[0], args[1], values, cols) < 0) {
+    const double now = PyFloat_AsDouble(args[1]);
+    if ((now == -1.0 && PyErr_Occurred()) || check_request(args[0]) < 0 ||
+        encode_into(e, args[0], now, values, cols) < 0) {
         return NULL;
     }
     const Py_ssize_t r = RE_N_NUMERIC + e->n_code, c = e->head + e->n_cross;
@@ -1143,18 +1141,43 @@ fail:
     return NULL;
 }
 
+/* One request's rows for `n` bidders (table row indexes, already checked) into `dst`. */
+static int encoder_fill_rows(EncoderObject *e, PyObject *req, double now,
+                             const Py_ssize_t *bidders, Py_ssize_t n, float *dst) {
+    double values[RE_N_NUMERIC + RE_N_KEYS];
+    Py_ssize_t cols[RE_MAX_HEAD + RE_N_KEYS];
+    const Py_ssize_t r = RE_N_NUMERIC + e->n_code, c = e->head + e->n_cross;
+    if (encode_into(e, req, now, values, cols) < 0) {
+        return -1;
+    }
+    const Py_ssize_t n_cols = e->table.shape[1];
+    float row_start[RE_N_NUMERIC + RE_N_KEYS];
+    for (Py_ssize_t k = 0; k < r; k++) {
+        row_start[k] = (float)values[k]; /* numpy's float64 -> float32 rounding; NaN stays NaN */
+    }
+    for (Py_ssize_t j = 0; j < c; j++) {
+        if (cols[j] < 0 || cols[j] >= n_cols) {
+            PyErr_Format(PyExc_IndexError, "column %zd is out of range [0, %zd)", cols[j],
+                         n_cols);
+            return -1;
+        }
+    }
+    assemble_rows(row_start, r, cols, c, bidders, n, e->table.buf, n_cols, dst);
+    return 0;
+}
+
 static PyObject *encoder_rows(EncoderObject *e, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "rows(req, now, bidders, out) takes 4 arguments");
         return NULL;
     }
-    double values[RE_N_NUMERIC + RE_N_KEYS];
-    Py_ssize_t cols[RE_MAX_HEAD + RE_N_KEYS];
     PyObject *bidders = NULL, *result = NULL;
     Py_buffer out = {0};
     int have_out = 0;
-    const Py_ssize_t r = RE_N_NUMERIC + e->n_code, c = e->head + e->n_cross;
-    if (check_request(args[0]) < 0) {
+    Py_ssize_t *rows = NULL;
+    const Py_ssize_t width = RE_N_NUMERIC + e->n_code + e->head + e->n_cross;
+    const double now = PyFloat_AsDouble(args[1]);
+    if ((now == -1.0 && PyErr_Occurred()) || check_request(args[0]) < 0) {
         return NULL;
     }
     bidders = PySequence_Fast(args[2], "bidders must be a sequence of ints");
@@ -1163,32 +1186,24 @@ static PyObject *encoder_rows(EncoderObject *e, PyObject *const *args, Py_ssize_
     }
     have_out = 1;
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(bidders);
-    if (out.shape[0] != n || out.shape[1] != r + c) {
-        PyErr_Format(PyExc_ValueError, "out must have shape (%zd, %zd), not (%zd, %zd)", n, r + c,
+    if (out.shape[0] != n || out.shape[1] != width) {
+        PyErr_Format(PyExc_ValueError, "out must have shape (%zd, %zd), not (%zd, %zd)", n, width,
                      out.shape[0], out.shape[1]);
         goto done;
     }
-    if (encode_into(e, args[0], args[1], values, cols) < 0) {
+    rows = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n > 0 ? n : 1));
+    if (rows == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
-    const Py_ssize_t n_rows = e->table.shape[0], n_cols = e->table.shape[1];
-    float req[RE_N_NUMERIC + RE_N_KEYS];
-    for (Py_ssize_t k = 0; k < r; k++) {
-        req[k] = (float)values[k]; /* numpy's float64 -> float32 rounding; NaN stays NaN */
-    }
-    for (Py_ssize_t j = 0; j < c; j++) {
-        if (cols[j] < 0 || cols[j] >= n_cols) {
-            PyErr_Format(PyExc_IndexError, "column %zd is out of range [0, %zd)", cols[j],
-                         n_cols);
-            goto done;
-        }
-    }
-    if (assemble_rows(req, r, cols, c, bidders, e->table.buf, n_rows, n_cols, out.buf) != 0) {
+    if (table_rows_of(bidders, e->table.shape[0], rows) != 0 ||
+        encoder_fill_rows(e, args[0], now, rows, n, out.buf) != 0) {
         goto done;
     }
     result = Py_None;
     Py_INCREF(result);
 done:
+    PyMem_Free(rows);
     if (have_out) {
         PyBuffer_Release(&out);
     }

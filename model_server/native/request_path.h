@@ -62,26 +62,32 @@ static int index_at(PyObject *seq, Py_ssize_t i, Py_ssize_t limit, const char *n
     return 0;
 }
 
-/* Rows for the bidders in `bidders` (a fast sequence of table row indexes), written to `dst`:
- * each is the request part `req` (r floats) followed by that bidder's table row at `cols` (c
- * column indexes, already checked against n_cols). */
-static int assemble_rows(const float *req, Py_ssize_t r, const Py_ssize_t *cols, Py_ssize_t c,
-                         PyObject *bidders, const float *table, Py_ssize_t n_rows,
-                         Py_ssize_t n_cols, float *dst) {
+/* The table rows named by item i of `bidders` (a list or tuple from PySequence_Fast), each
+ * checked against [0, n_rows), into `out` (which has room for all of them). */
+static int table_rows_of(PyObject *bidders, Py_ssize_t n_rows, Py_ssize_t *out) {
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(bidders);
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t b;
-        if (index_at(bidders, i, n_rows, "bidders", &b) != 0) {
+        if (index_at(bidders, i, n_rows, "bidders", &out[i]) != 0) {
             return -1;
         }
+    }
+    return 0;
+}
+
+/* Rows for `n` bidders (table row indexes, already checked against the table), written to
+ * `dst`: each is the request part `req` (r floats) followed by that bidder's table row at
+ * `cols` (c column indexes, already checked against n_cols). */
+static void assemble_rows(const float *req, Py_ssize_t r, const Py_ssize_t *cols, Py_ssize_t c,
+                          const Py_ssize_t *bidders, Py_ssize_t n, const float *table,
+                          Py_ssize_t n_cols, float *dst) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         float *row = dst + i * (r + c);
-        const float *src = table + b * n_cols;
+        const float *src = table + bidders[i] * n_cols;
         memcpy(row, req, sizeof(float) * (size_t)r);
         for (Py_ssize_t j = 0; j < c; j++) {
             row[r + j] = src[cols[j]];
         }
     }
-    return 0;
 }
 
 static PyObject *rp_fill_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -96,7 +102,7 @@ static PyObject *rp_fill_rows(PyObject *module, PyObject *const *args, Py_ssize_
     int have_table = 0, have_out = 0;
     float stack_values[STACK_VALUES];
     float *req = stack_values;
-    Py_ssize_t *cols = NULL;
+    Py_ssize_t *cols = NULL, *rows = NULL;
 
     values = PySequence_Fast(args[0], "values must be a sequence of numbers");
     columns = values ? PySequence_Fast(args[1], "columns must be a sequence of ints") : NULL;
@@ -142,9 +148,15 @@ static PyObject *rp_fill_rows(PyObject *module, PyObject *const *args, Py_ssize_
             goto done;
         }
     }
-    if (assemble_rows(req, r, cols, c, bidders, table.buf, n_rows, n_cols, out.buf) != 0) {
+    rows = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n > 0 ? n : 1));
+    if (rows == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
+    if (table_rows_of(bidders, n_rows, rows) != 0) {
+        goto done;
+    }
+    assemble_rows(req, r, cols, c, rows, n, table.buf, n_cols, out.buf);
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -152,6 +164,7 @@ done:
         PyMem_Free(req);
     }
     PyMem_Free(cols);
+    PyMem_Free(rows);
     if (have_table) {
         PyBuffer_Release(&table);
     }
