@@ -97,30 +97,38 @@ def request_path_speed(repeats: int) -> dict[str, float]:
         handler.handle(frame)
     position = iter(range(1 << 62))
 
-    def one() -> None:
+    def general() -> None:
         handler.handle(frames[next(position) % len(frames)])
 
-    seconds = _best_seconds(one, len(frames), repeats)
-    native: dict[str, float] = {}
+    def discard(reply: bytes) -> None:
+        pass
+
     path = handler.score_path
-    if path is not None:  # the worker's usual call: remembered list, one native step
 
-        def discard(reply: bytes) -> None:
-            pass
+    def native() -> None:  # the worker's usual call: remembered list, one native step
+        assert path is not None
+        if not path.call(framed[next(position) % len(framed)], discard):
+            raise RuntimeError("the native score path declined a benchmark call")
 
-        def one_native() -> None:
-            if not path.call(framed[next(position) % len(framed)], discard):
-                raise RuntimeError("the native score path declined a benchmark call")
-
-        native_seconds = _best_seconds(one_native, len(framed), repeats)
-        native = {
-            "native_us_per_request_16_bidders": native_seconds * 1e6,
-            "native_requests_per_s": 1.0 / native_seconds,
+    # Alternated, best of each: a burst of noise on this shared machine then hits both alike.
+    best = {"general": float("inf"), "native": float("inf")}
+    for _ in range(max(3, repeats)):
+        for name, fn in (("general", general), ("native", native)):
+            if name == "native" and path is None:
+                continue
+            best[name] = min(best[name], _best_seconds(fn, len(frames), 1))
+    seconds = best["general"]
+    extra: dict[str, float] = {}
+    if path is not None:
+        extra = {
+            "native_us_per_request_16_bidders": best["native"] * 1e6,
+            "native_requests_per_s": 1.0 / best["native"],
+            "native_speedup": seconds / best["native"],
         }
     return {
         "us_per_request_16_bidders": seconds * 1e6,
         "requests_per_s": 1.0 / seconds,
-        **native,
+        **extra,
     }
 
 
@@ -145,7 +153,7 @@ def run(repeats: int = 7, request_path: bool = True) -> dict[str, Any]:
         "max_abs_difference": worst,
     }
     if request_path:
-        result["request_path"] = request_path_speed(repeats=3)
+        result["request_path"] = request_path_speed(repeats=9)
     return result
 
 
