@@ -11,13 +11,15 @@ generator uses, each naming all 16 bidders, as the load generator does. Each fig
 mean over several repeats of a pass over every request, so other load on the machine inflates
 it least. Parts:
 
-    decode     Thrift header and `score` arguments of the frame (bidder list seen before)
+    decode     Thrift header and `score` arguments of the frame, decoded in full
     parse      JSON decode and OpenRTB validation
     rows       FeaturePipeline.rows: 16 feature rows (the training path)
     predict    the predictor on those 16 rows
     score      ScoringService.score: parse, features, predict, thresholds
     encode     the reply frame from float32 probabilities and the thresholds
     whole      FrameHandler.handle: frame in, reply frame out
+    native     the worker's usual call (bidder list seen before) through the native score
+               path: framed call in, reply written (model_server/native/score_path.h)
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import orjson
 from model_server import thrift_contract as tc
 from model_server.artifact import LoadedModel, load_artifact, write_artifact
 from model_server.fast_codec import (
-    RecentBidderLists,
     ScoreReplyEncoder,
     decode_score_args,
     encode_call,
@@ -106,17 +107,26 @@ def run(
         (rid, ix, p.copy()) for rid, ix, p in map(service.score_float32, raws, [names] * n_requests)
     ]
     encoder = ScoreReplyEncoder(service.bidders, service.version, service.bidder_thresholds)
-    recent = RecentBidderLists()
     for frame in frames[:50]:  # first calls build caches and reply templates
         handler.handle(frame)
 
     def decode(i: int) -> object:
         frame = frames[i]
-        return decode_score_args(frame, parse_message_header(frame)[3], recent)
+        return decode_score_args(frame, parse_message_header(frame)[3])
 
     def encode(i: int) -> object:
         request_id, bidder_idx, probabilities = scored[i]
         return encoder.encode_scores(i, request_id, bidder_idx, probabilities)
+
+    framed = [len(frame).to_bytes(4, "big") + frame for frame in frames]
+    written: list[bytes] = []
+    path = handler.score_path
+
+    def native(i: int) -> object:
+        written.clear()
+        if path is None or not path.call(framed[i], written.append):
+            raise RuntimeError("the native score path declined a benchmark call")
+        return written
 
     parts: dict[str, Callable[[int], object]] = {
         "decode": decode,
@@ -127,6 +137,8 @@ def run(
         "encode": encode,
         "whole": lambda i: handler.handle(frames[i]),
     }
+    if path is not None:
+        parts["native"] = native
     us = {name: _best_us(fn, n_requests, repeats) for name, fn in parts.items()}
     return {
         "bidders": n_b,

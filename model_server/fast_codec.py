@@ -8,11 +8,11 @@ recognise field by field, goes through thriftpy2 (`generic_call`), so the wire f
 thriftpy2's. Tests check the bytes against thriftpy2's encoder.
 
 On the server's path a call whose bytes after the bid request were seen before is matched
-whole (`known_score_call`, native in model_server/native/codec.c), a repeated bidder list
-otherwise by its bytes (`RecentBidderLists`), and a reply is one native call
+whole (`known_score_call`, native in model_server/native/codec.c; the worker answers such a
+call entirely in native code, model_server/native/score_path.h), and a reply is one native call
 (`ScoreReplyEncoder.encode_scores`, which writes the float32 probabilities and their forward
 flags into the cached reply bytes); `encode` is the numpy form that `encode_scores` is tested
-against.
+against. `reply_layout` packs a reply template for the native score path.
 """
 
 from __future__ import annotations
@@ -136,40 +136,11 @@ def encode_bidders_tail(names: Sequence[bytes]) -> bytes:
     return b"\x0f\x00\x02\x0b" + _I32.pack(len(names)) + items + b"\x00"
 
 
-class RecentBidderLists:
-    """The last few encoded bidder lists and their names, so a repeat is not parsed again.
-
-    Clients send the same candidate list call after call. Decoding is a function of the
-    bytes, so a frame whose bytes at the list's position start with a remembered list's bytes
-    holds exactly that list; the comparison is one memcmp instead of a loop over the names.
-    """
-
-    SIZE = 8
-
-    def __init__(self) -> None:
-        self._entries: list[tuple[bytes, tuple[bytes, ...]]] = []
-
-    def match(self, frame: bytes, pos: int) -> tuple[list[bytes], int] | None:
-        """(names, position after the list) when a remembered list starts at `pos`."""
-        for encoded, names in self._entries:
-            if frame.startswith(encoded, pos):
-                return list(names), pos + len(encoded)
-        return None
-
-    def remember(self, encoded: bytes, names: Sequence[bytes]) -> None:
-        if len(self._entries) >= self.SIZE:
-            self._entries.pop()
-        self._entries.insert(0, (encoded, tuple(names)))
-
-
-def decode_score_args(
-    frame: bytes, pos: int, recent: RecentBidderLists | None = None
-) -> tuple[bytes, list[bytes]] | None:
+def decode_score_args(frame: bytes, pos: int) -> tuple[bytes, list[bytes]] | None:
     """(bid_request, bidder names as bytes) of a `score` call; None for anything unusual.
 
     None means "let thriftpy2 decode it": unknown fields, fields in an unexpected type, a
-    missing field. A frame that ends early raises MalformedFrameError. `recent`, when given,
-    short-cuts bidder lists seen before and remembers new ones.
+    missing field. A frame that ends early raises MalformedFrameError.
     """
     end = len(frame)
     bid_request: bytes | None = None
@@ -190,10 +161,6 @@ def decode_score_args(
                 bid_request = frame[pos : pos + n]
                 pos += n
             elif fid == 2 and ftype == T_LIST and frame[pos] == T_STRING:
-                if recent is not None and (seen := recent.match(frame, pos)) is not None:
-                    bidders, pos = seen
-                    continue
-                list_start = pos
                 (count,) = _I32.unpack_from(frame, pos + 1)
                 pos += 5
                 if count < 0 or pos + 4 * count > end:
@@ -206,8 +173,6 @@ def decode_score_args(
                         raise MalformedFrameError("a bidder name runs past the frame")
                     bidders.append(frame[pos : pos + n])
                     pos += n
-                if recent is not None:
-                    recent.remember(frame[list_start:pos], bidders)
             else:
                 return None
     except (struct.error, IndexError) as exc:

@@ -36,7 +36,6 @@ from model_server.errors import (
     UnknownBidderError,
 )
 from model_server.fast_codec import (
-    RecentBidderLists,
     ReplyTemplate,
     ScoreReplyEncoder,
     decode_score_args,
@@ -352,7 +351,6 @@ class FrameHandler:
         self._service = service
         self._stats = stats
         self._processor = TProcessor(tc.ModelServer, ThriftHandler(service, stats))
-        self._recent_lists = RecentBidderLists()
         self._encoder = ScoreReplyEncoder(
             service.bidders, service.version, service.bidder_thresholds
         )
@@ -402,7 +400,7 @@ class FrameHandler:
             return "score", self._score_resolved(seqid, bid_request, idx, template)
         name, mtype, seqid, pos = parse_message_header(frame)
         if name == "score" and mtype == TMessageType.CALL:
-            args = decode_score_args(frame, pos, self._recent_lists)
+            args = decode_score_args(frame, pos)
             if args is not None:
                 bid_request, names = args
                 plain = split_plain_score_call(frame)
