@@ -622,20 +622,12 @@ static struct PyModuleDef forest_module = {
 };
 
 PyMODINIT_FUNC PyInit__forest(void) {
-    if (PyType_Ready(&ForestType) < 0) {
-        return NULL;
-    }
     PyObject *m = PyModule_Create(&forest_module);
     if (m == NULL) {
         return NULL;
     }
-    Py_INCREF(&ForestType);
-    if (PyModule_AddObject(m, "Forest", (PyObject *)&ForestType) < 0) {
-        Py_DECREF(&ForestType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (request_encode_add_to(m) < 0 || score_path_add_to(m) < 0) {
+    if (add_type(m, "Forest", &ForestType) < 0 || request_encode_add_to(m) < 0 ||
+        score_path_add_to(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1360,15 +1360,10 @@ static PyTypeObject EncoderType = {
 
 /* Called once from the module's init: the constants and the RequestEncoder type. */
 static int request_encode_add_to(PyObject *module) {
-    if (re_init_constants() < 0 || PyType_Ready(&EncoderType) < 0) {
+    if (re_init_constants() < 0) {
         return -1;
     }
-    Py_INCREF(&EncoderType);
-    if (PyModule_AddObject(module, "RequestEncoder", (PyObject *)&EncoderType) < 0) {
-        Py_DECREF(&EncoderType);
-        return -1;
-    }
-    return 0;
+    return add_type(module, "RequestEncoder", &EncoderType);
 }
 
 #undef GET

@@ -24,6 +24,19 @@
 
 #define STACK_VALUES 256 /* request-level values converted on the stack up to this many */
 
+/* PyType_Ready, then the type as attribute `name` of `module` (the module's init). */
+static int add_type(PyObject *module, const char *name, PyTypeObject *type) {
+    if (PyType_Ready(type) < 0) {
+        return -1;
+    }
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 /* A C-contiguous buffer of 4- or 8-byte floats with `ndim` dimensions. */
 static int get_float_buffer(PyObject *obj, const char *name, int ndim, int itemsize,
                             int writable, Py_buffer *view) {

@@ -489,15 +489,7 @@ static PyTypeObject ScorePathType = {
 };
 
 static int score_path_add_to(PyObject *module) {
-    if (PyType_Ready(&ScorePathType) < 0) {
-        return -1;
-    }
-    Py_INCREF(&ScorePathType);
-    if (PyModule_AddObject(module, "ScorePath", (PyObject *)&ScorePathType) < 0) {
-        Py_DECREF(&ScorePathType);
-        return -1;
-    }
-    return 0;
+    return add_type(module, "ScorePath", &ScorePathType);
 }
 
 #endif

@@ -22,6 +22,7 @@ from model_server.errors import RequestError
 from model_server.fast_codec import encode_call
 from model_server.metrics import BIDDER_BUCKETS, LATENCY_BUCKETS, WorkerStats
 from model_server.native import _forest
+from model_server.native._forest import ScorePath
 from model_server.predictor import NativePredictor, make_predictor
 from model_server.service import FrameHandler, ScoringService
 from model_server.synthetic import TrafficGenerator
@@ -47,10 +48,14 @@ class Writes:
         self.sent.append(data)
 
 
-def _handler(service: ScoringService, stats: WorkerStats | None = None) -> FrameHandler:
+def _primed(
+    service: ScoringService, names: list[str], stats: WorkerStats | None = None
+) -> tuple[FrameHandler, ScorePath]:
+    """A handler whose general path has seen (and remembered) a call naming `names`."""
     handler = FrameHandler(service, stats or WorkerStats())
     assert handler.score_path is not None, "the native score path was not built"
-    return handler
+    handler.handle(_framed(0, _requests()[0], names)[4:])
+    return handler, handler.score_path
 
 
 def _lists(service: ScoringService) -> list[list[str]]:
@@ -59,13 +64,11 @@ def _lists(service: ScoringService) -> list[list[str]]:
 
 
 def test_known_calls_get_the_general_paths_bytes(service: ScoringService) -> None:
-    handler = _handler(service)
-    path = handler.score_path
-    assert path is not None
-    writes = Writes()
     lists = _lists(service)
-    for names in lists:  # the first call of a list is decoded in full, and remembers it
+    handler, path = _primed(service, lists[0])  # a list's first call is decoded in full
+    for names in lists[1:]:
         handler.handle(_framed(0, _requests()[0], names)[4:])
+    writes = Writes()
     for i, raw in enumerate(_requests()):
         names = lists[i % len(lists)]
         data = _framed(i + 1, raw, names)
@@ -78,11 +81,8 @@ def test_iab_examples_get_the_general_paths_bytes(service: ScoringService) -> No
     files = sorted(IAB_EXAMPLES.glob("*.json")) if IAB_EXAMPLES.is_dir() else []
     if not files:
         pytest.skip(f"IAB OpenRTB 2.6 examples not found at {IAB_EXAMPLES} (../shared)")
-    handler = _handler(service)
-    path = handler.score_path
-    assert path is not None
     names = service.bidders[:4]
-    handler.handle(_framed(0, _requests()[0], names)[4:])
+    handler, path = _primed(service, names)
     for seqid, f in enumerate(files, 1):
         writes = Writes()
         data = _framed(seqid, f.read_bytes(), names)
@@ -101,11 +101,8 @@ def _valid(service: ScoringService, raw: bytes) -> bool:
 def test_changed_requests_are_answered_exactly_when_the_general_path_scores_them(
     service: ScoringService,
 ) -> None:
-    handler = _handler(service)
-    path = handler.score_path
-    assert path is not None
     names = service.bidders[:3]
-    handler.handle(_framed(0, _requests()[0], names)[4:])
+    handler, path = _primed(service, names)
     rng = random.Random(7)
     shapes = [
         b"",
@@ -146,15 +143,11 @@ def test_changed_requests_are_answered_exactly_when_the_general_path_scores_them
 
 
 def test_other_calls_and_shapes_are_declined_untouched(service: ScoringService) -> None:
-    stats = WorkerStats()
-    handler = _handler(service, stats)
-    path = handler.score_path
-    assert path is not None
     names = service.bidders[:2]
+    handler, path = _primed(service, names)
     raw = _requests()[1]
     unknown = _framed(1, raw, service.bidders[:5])  # a list never seen before
     known = _framed(2, raw, names)
-    handler.handle(known[4:])
     info = encode_call(tc.ModelServer, "info", 3)
     big = _framed(4, raw + b" " * 70_000, names)  # over the 64 KiB frame limit below
     cases = [
@@ -184,11 +177,8 @@ def test_other_calls_and_shapes_are_declined_untouched(service: ScoringService) 
 
 def test_counts_fold_into_the_worker_stats(service: ScoringService) -> None:
     stats = WorkerStats()
-    handler = _handler(service, stats)
-    path = handler.score_path
-    assert path is not None
     names = service.bidders[:6]
-    handler.handle(_framed(0, _requests()[0], names)[4:])
+    handler, path = _primed(service, names, stats)
     stats.reset()
     handler.fold_native_counts()
     assert stats.requests == {}  # nothing counted yet
@@ -213,11 +203,8 @@ def test_counts_fold_into_the_worker_stats(service: ScoringService) -> None:
 
 
 def test_a_failing_write_propagates_and_counts_nothing(service: ScoringService) -> None:
-    handler = _handler(service)
-    path = handler.score_path
-    assert path is not None
     names = service.bidders[:2]
-    handler.handle(_framed(0, _requests()[0], names)[4:])
+    _, path = _primed(service, names)
 
     def broken(data: bytes) -> None:
         raise ConnectionResetError("gone")
@@ -235,11 +222,8 @@ def test_the_system_clock_is_read_natively_as_time_time_reads_it(tiny_artifact: 
     parts = service.native_parts()
     assert parts is not None
     assert parts.clock is None
-    handler = _handler(service)
-    path = handler.score_path
-    assert path is not None
     names = service.bidders[:3]
-    handler.handle(_framed(0, _requests()[0], names)[4:])
+    handler, path = _primed(service, names)
     for i, raw in enumerate(_requests()[:50]):
         writes = Writes()
         data = _framed(i, raw, names)
