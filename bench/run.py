@@ -111,7 +111,8 @@ def parse_args(argv: Sequence[str]) -> tuple[BenchConfig, argparse.Namespace]:
     p.add_argument(
         "--cold-cores",
         action="store_true",
-        help="let the cores idle between requests (no SCHED_IDLE busy loops; see bench.warm_cores)",
+        help="let the cores idle between requests (no polling idle or busy loops; see "
+        "bench.warm_cores)",
     )
     args = p.parse_args(argv)
 
@@ -331,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with warm_cores.keep_warm(
                 [cfg.server_core, cfg.load_core], cfg.work_dir / "idle_loop", cfg.warm_cores
             ):
+                report.settings["warm_method"] = warm_cores.method()
                 run_systems(report, cfg, prep, log)
     except (KeyboardInterrupt, SystemExit) as exc:
         # Ctrl-C or SIGTERM: stop everything, then still write what was measured.

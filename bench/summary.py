@@ -22,6 +22,21 @@ SYSTEM_LABELS = {
 }
 
 
+def _warm_text(settings: dict[str, Any]) -> str:
+    """How the cores were kept from halting between requests (bench.warm_cores)."""
+    if not settings.get("warm_cores"):
+        return " Cores left to idle between requests (`--cold-cores`)."
+    how = (
+        "from halting by the kernel's polling idle (a 0 µs wake-up latency request)"
+        if settings.get("warm_method") == "kernel-poll"
+        else "awake by a lowest-priority busy loop"
+    )
+    return (
+        f" Both cores kept {how} (see `bench/warm_cores.py`); the *cores left idle* row shows "
+        "the echo limit without it."
+    )
+
+
 def label(system: str) -> str:
     return SYSTEM_LABELS.get(system, system)
 
@@ -291,13 +306,7 @@ def render_results(report: BenchReport) -> list[str]:
         ),
         "",
         "Servers pinned to one core, load generators to the other; latency from each request's "
-        "intended send time (open loop)."
-        + (
-            " Both cores kept awake by a lowest-priority busy loop (see `bench/warm_cores.py`); "
-            "the *cores left idle* row shows the echo limit without it."
-            if report.settings.get("warm_cores")
-            else " Cores left to idle between requests (`--cold-cores`)."
-        ),
+        "intended send time (open loop)." + _warm_text(report.settings),
         "",
         *results_table(report),
         "",

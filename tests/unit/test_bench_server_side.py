@@ -91,8 +91,9 @@ def test_warm_cores_run_idle_priority_loops_pinned_pausable_and_always_stopped(
     tmp_path: Path,
 ) -> None:
     core = sorted(os.sched_getaffinity(0))[0]
-    with warm_cores.keep_warm([core, core], tmp_path) as cores:
+    with warm_cores.keep_warm([core, core], tmp_path, prefer_kernel_poll=False) as cores:
         assert cores == [core]
+        assert warm_cores.method() == warm_cores.IDLE_LOOP
         assert warm_cores.warm_cores() == [core]
         spinner = warm_cores._SPINNERS[core]
         deadline = time.monotonic() + 10
@@ -105,11 +106,45 @@ def test_warm_cores_run_idle_priority_loops_pinned_pausable_and_always_stopped(
         assert _policy_and_state(spinner.pid)[1] in "RS"
         assert warm_cores.filler_cpu_seconds(core) >= 0.0
     assert spinner.poll() is not None
+    assert warm_cores.method() is None
     assert warm_cores.warm_cores() == []
     assert warm_cores.filler_cpu_seconds(core) == 0.0
     with warm_cores.keep_warm([core], tmp_path, enabled=False) as none:
         assert none == []
         assert warm_cores.warm_cores() == []
+
+
+def _poll_entries(core: int) -> int | None:
+    """How often `core` entered cpuidle's POLL state (None: no cpuidle states here)."""
+    states = Path(f"/sys/devices/system/cpu/cpu{core}/cpuidle")
+    for state in sorted(states.glob("state*")) if states.is_dir() else []:
+        if (state / "name").read_text().strip() == "POLL":
+            return int((state / "usage").read_text())
+    return None
+
+
+def test_kernel_poll_holds_a_zero_wakeup_latency_request_while_warm(tmp_path: Path) -> None:
+    if not os.access(warm_cores.QOS_DEVICE, os.W_OK):
+        pytest.skip(f"{warm_cores.QOS_DEVICE} cannot be written here (needs root)")
+    core = sorted(os.sched_getaffinity(0))[0]
+    with warm_cores.keep_warm([core, core], tmp_path) as cores:
+        assert cores == [core]
+        assert warm_cores.method() == warm_cores.KERNEL_POLL
+        assert warm_cores.warm_cores() == []  # no busy loop: the kernel's idle task polls
+        assert warm_cores.filler_cpu_seconds(core) == 0.0
+        before = _poll_entries(core)
+        time.sleep(0.2)  # idle: with the request held, every idle entry is a POLL entry
+        after = _poll_entries(core)
+        if before is not None and after is not None:
+            assert after > before
+        with warm_cores.paused():
+            assert warm_cores.method() == warm_cores.KERNEL_POLL
+            assert not warm_cores._QOS  # released while paused
+        assert len(warm_cores._QOS) == 1
+    assert warm_cores.method() is None
+    assert not warm_cores._QOS
+    # A device that cannot be written means the busy-loop method.
+    assert warm_cores._request_zero_wakeup_latency(tmp_path / "missing" / "device") is None
 
 
 def _rtbserve(saturation: float | None, capacity: float | None) -> SystemResult:
