@@ -46,6 +46,7 @@ from loadgen.schedule import RateSchedule
 _RECV_BYTES = 1 << 18
 _MAX_FRAME = 64 << 20
 _HOUSEKEEPING_S = 0.005  # timeouts, reconnects and reports are looked at this often
+_RECORD_S = 0.05  # replies' latencies go into the histogram this often, a slice at a time
 _CHUNK = 4096  # intended times computed per numpy call
 _SEQ_MASK = 0x7FFFFFFF
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
@@ -146,6 +147,7 @@ class Worker:
         self.retried_seqs: set[int] = set()
         self.interrupted = False
         self.next_index = 0  # first request not yet due when the run stopped
+        self.next_record = 0.0
 
     # ---- connections -------------------------------------------------------------------
 
@@ -419,6 +421,9 @@ class Worker:
         if self.backlog:
             self._expire_backlog(now)
             self.wake_backlog = any(c.state == UP for c in self.conns)
+        if now >= self.next_record:
+            self.next_record = now + _RECORD_S
+            self.rec.record_pending(now)
         for report in self.rec.closed_seconds(now, self.plan.worker):
             self.sink.second(report)
         return all_due_sent and not busy and not self.backlog

@@ -8,6 +8,7 @@ when the second is closed (`record_batch`), which is far cheaper than a call per
 
 from __future__ import annotations
 
+import ctypes
 import math
 from array import array
 
@@ -22,6 +23,10 @@ from loadgen.records import Quality, SecondReport
 HIST_LOWEST_US = 1
 HIST_HIGHEST_US = 3_600_000_000
 HIST_DIGITS = 3
+#: the live view's recent p99 is taken from at most this many of the last second's latencies
+RECENT_SAMPLE = 2048
+#: record_batch scatters fewer values than this one by one, and counts more densely
+_SCATTER_BELOW = 128
 
 
 def new_histogram() -> HdrHistogram:
@@ -29,20 +34,38 @@ def new_histogram() -> HdrHistogram:
 
 
 def record_batch(hist: HdrHistogram, values: npt.NDArray[np.int64]) -> None:
-    """Record many values with one `record_value(v, count)` per distinct histogram bucket.
+    """Record many values at once, exactly as one `record_value` call per value would.
 
-    Each value is first lowered to the first value of its bucket, which is what the
-    histogram stores anyway: counts, min and max come out exactly as with a call per value.
+    The bucket index of every value is computed by numpy and the counts are added straight into
+    the histogram's count array, so the cost is a few vector operations whatever the number of
+    distinct values: the load generator calls this every few milliseconds from its sending loop.
+    Values outside the trackable range are skipped, as `record_value` skips them.
     """
     if not values.size:
         return
-    # HDR: the bucket of v starts at (v >> s) << s, s = bit_length(v | sub_bucket_mask) - (m + 1)
-    # with m = sub_bucket_half_count_magnitude (bit_length is exact in float64 below 2**52)
+    values = values[values >= 0]
+    # HDR layout: bucket = bit_length(v | sub_bucket_mask) - unit_magnitude - (m + 1), with
+    # m = sub_bucket_half_count_magnitude; sub-bucket = v >> (bucket + unit_magnitude); the
+    # count index = ((bucket + 1) << m) + sub-bucket - sub_bucket_half_count (bit_length is
+    # exact through float64 below 2**52, far above the histogram's highest value)
     bits = np.floor(np.log2(values | hist.sub_bucket_mask)).astype(np.int64) + 1
-    shift = bits - (hist.sub_bucket_half_count_magnitude + 1)
-    lowest, counts = np.unique((values >> shift) << shift, return_counts=True)
-    for value, count in zip(lowest.tolist(), counts.tolist(), strict=True):
-        hist.record_value(value, count)
+    bucket = bits - hist.unit_magnitude - (hist.sub_bucket_half_count_magnitude + 1)
+    sub_bucket = values >> (bucket + hist.unit_magnitude)
+    index = ((bucket + 1) << hist.sub_bucket_half_count_magnitude) + sub_bucket
+    index -= hist.sub_bucket_half_count
+    inside = index < hist.counts_len
+    if not inside.all():
+        values, index = values[inside], index[inside]
+    if not values.size:
+        return
+    counts = np.frombuffer(hist.counts, dtype=f"u{ctypes.sizeof(hist.counts._type_)}")
+    if values.size < _SCATTER_BELOW:
+        np.add.at(counts, index, 1)
+    else:  # a dense count of every index beats a scatter once there are many values
+        counts += np.bincount(index, minlength=hist.counts_len).astype(counts.dtype)
+    hist.total_count += int(values.size)
+    hist.min_value = min(hist.min_value, int(values.min()))
+    hist.max_value = max(hist.max_value, int(values.max()))
 
 
 class Recorder:
@@ -64,6 +87,8 @@ class Recorder:
         nsec = self.nsec
         #: latencies (us) of successful replies, by intended second; emptied once reported
         self.sec_lat = [array("q") for _ in range(nsec)]
+        #: how many of each second's latencies are already in the histogram
+        self.sec_recorded = [0] * nsec
         self.sec_sent = [0] * nsec
         self.sec_err = [0] * nsec
         self.sec_drop = [0] * nsec
@@ -130,7 +155,7 @@ class Recorder:
         reports = []
         while self.reported < self.nsec and self.reported <= horizon:
             s = self.reported
-            record_batch(self.hist, np.frombuffer(self.sec_lat[s], dtype=np.int64))
+            self._record_new(s)
             reports.append(
                 SecondReport(
                     worker=worker,
@@ -147,11 +172,29 @@ class Recorder:
             self.reported += 1
         return reports
 
+    def _record_new(self, second: int) -> None:
+        latencies = self.sec_lat[second]
+        done = self.sec_recorded[second]
+        if len(latencies) > done:
+            offset = done * latencies.itemsize
+            record_batch(self.hist, np.frombuffer(latencies, dtype=np.int64, offset=offset))
+            self.sec_recorded[second] = len(latencies)
+
+    def record_pending(self, now: float) -> None:
+        """Move the latencies that arrived since the last call into the histogram."""
+        if now < self.warm:
+            return
+        for second in range(self.reported, min(self.nsec - 1, int(now - self.warm)) + 1):
+            self._record_new(second)
+
     def recent_p99_us(self, now: float) -> int:
-        """p99 so far of the requests due in the last full second (for the live view)."""
+        """p99 so far of the requests due in the last full second, for the live view: from a
+        sample of at most RECENT_SAMPLE latencies, so the figure costs the loop little."""
         recent = int(now - self.warm) - 1
         if 0 <= recent < self.nsec and len(self.sec_lat[recent]):
-            return int(np.percentile(np.frombuffer(self.sec_lat[recent], dtype=np.int64), 99))
+            latencies = np.frombuffer(self.sec_lat[recent], dtype=np.int64)
+            sample = latencies[:: max(1, len(latencies) // RECENT_SAMPLE)]
+            return int(np.percentile(sample, 99))
         return 0
 
     def completions_per_second(self) -> list[int]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from array import array
 
 import numpy as np
 
 from loadgen.aggregate import SeriesBuilder, merge_histograms
-from loadgen.recorder import new_histogram, record_batch
+from loadgen.recorder import HIST_HIGHEST_US, Recorder, new_histogram, record_batch
 from loadgen.records import SecondReport
 from loadgen.schedule import RateSchedule
 
@@ -78,3 +79,47 @@ def test_batch_recording_equals_one_call_per_value() -> None:
     for p in [0.0, 1.0, *PERCENTILES]:
         assert batched.get_value_at_percentile(p) == one_by_one.get_value_at_percentile(p)
     assert list(batched.counts) == list(one_by_one.counts)
+
+
+def test_batch_recording_skips_what_one_call_per_value_skips() -> None:
+    too_high = new_histogram().get_highest_equivalent_value(HIST_HIGHEST_US) * 4
+    values = np.array([-5, 0, 7, 5000, too_high, 123_456], dtype=np.int64)
+    one_by_one = new_histogram()
+    for v in values.tolist():
+        one_by_one.record_value(v)
+    batched = new_histogram()
+    record_batch(batched, values)
+    assert batched.get_total_count() == one_by_one.get_total_count() == 4
+    assert batched.get_max_value() == one_by_one.get_max_value()
+    assert batched.get_min_value() == one_by_one.get_min_value() == 0
+    assert list(batched.counts) == list(one_by_one.counts)
+
+
+def test_recording_as_replies_arrive_equals_recording_each_second_whole() -> None:
+    """record_pending moves latencies into the histogram while seconds are still open; what
+    arrives later is added when the second closes, and nothing is counted twice."""
+    rng = np.random.default_rng(11)
+    incremental = Recorder(3.0, timeout=1.0, truth=None, pool_size=1, stride=1)
+    whole = Recorder(3.0, timeout=1.0, truth=None, pool_size=1, stride=1)
+    incremental.warm = whole.warm = 10.0
+    incremental.record_pending(9.5)  # still warming up: nothing to do
+    assert incremental.hist.get_total_count() == 0
+    sent = 0
+    for step in range(60):  # 50 ms steps over 3 s
+        now = 10.0 + step * 0.05
+        second = int(now - 10.0)
+        batch = rng.lognormal(5, 1, 40).astype(np.int64)
+        for rec in (incremental, whole):
+            rec.sec_lat[second].extend(batch.tolist())
+        sent += len(batch)
+        incremental.record_pending(now)
+    # the first second is recorded before it closes
+    assert incremental.hist.get_total_count() >= 20 * 40
+    late = array("q", [999_999])  # a slow reply still landing in the last second
+    for rec in (incremental, whole):
+        rec.sec_lat[2].extend(late)
+        reports = rec.closed_seconds(math.inf, worker=0)
+        assert [r.ok for r in reports] == [800, 800, 801]
+    assert incremental.hist.get_total_count() == whole.hist.get_total_count() == sent + 1
+    assert list(incremental.hist.counts) == list(whole.hist.counts)
+    assert incremental.hist.get_max_value() == whole.hist.get_max_value()
