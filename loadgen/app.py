@@ -188,6 +188,7 @@ def build_report(config: LoadgenConfig, outcome: Outcome) -> dict[str, Any]:
             warmup_s=config.options.warmup,
             late_threshold_s=config.options.late_threshold,
             quality_every=config.options.quality_every,
+            spin_below_s=config.options.spin_below,
         )
         doc |= report.run_summary(outcome.result, settings)
     slo = config.slo_p99_ms

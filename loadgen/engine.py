@@ -65,6 +65,8 @@ class SendOptions:
     #: parse every Nth reply in full for filtering quality (0: never)
     quality_every: int = 10
     tick_interval: float = 1.0
+    #: waits shorter than this poll without sleeping (0: always sleep)
+    spin_below: float = 0.0
 
 
 @dataclass
@@ -465,6 +467,7 @@ class Worker:
         sec_sent, sec_late, sec_drop, nsec = rec.sec_sent, rec.sec_late, rec.sec_drop, rec.nsec
         seq_at, pack_seq = wire.SEQID_OFFSET, wire.SEQID.pack_into
         poll, epfd, sel = self.ep.poll, self.ep.fileno(), select.select
+        spin_below = opts.spin_below
         dirty: set[Connection] = set()
         sent = late = dropped = warmup_sent = 0
         max_seen_lag = 0.0
@@ -547,7 +550,9 @@ class Worker:
                                 break
                         now = clock() - t0
                         wait = min(nxt, next_house) - now
-                        if wait > 0.0015:
+                        if wait < spin_below:
+                            events = poll(0)  # busy: a reply is read as soon as it lands
+                        elif wait > 0.0015:
                             events = poll(wait - 0.001)  # epoll rounds up to whole ms
                         elif wait > 0:
                             sel((epfd,), (), (), wait)  # select's timeout is in us

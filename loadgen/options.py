@@ -222,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests more than this behind schedule are dropped and counted (default 1s)",
     )
     send.add_argument(
+        "--spin-below",
+        type=_duration,
+        default=0.0,
+        metavar="TIME",
+        help="poll without sleeping when the next send is due sooner than this (e.g. 200us): "
+        "replies are read the moment they land, not after a wake-up, at the cost of a busy "
+        "core (default 0: always sleep)",
+    )
+    send.add_argument(
         "--quality-sample",
         type=int,
         default=10,
@@ -327,6 +336,7 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
         max_lag=args.max_lag,
         warmup=args.warmup,
         quality_every=args.quality_sample,
+        spin_below=args.spin_below,
     )
     saturation = None
     if args.find_saturation:

@@ -9,7 +9,7 @@ JSON report fields (all latencies in milliseconds, rates in requests per second)
     latency_ms{min, mean, p50, p90, p99, p99_9, max}
     errors{type: count}, error_examples{type: first message}, connect_errors{type: count},
     disconnects{type: count} (why open connections ended; their calls are re-sent once)
-    generator{late_threshold_ms, late_share, max_lag_ms, dropped, behind, cpu_s,
+    generator{late_threshold_ms, spin_below_ms, late_share, max_lag_ms, dropped, behind, cpu_s,
               cpu_us_per_request}
     filtering{replies_parsed, sample_every, pairs, filtered_share, bids, bids_kept_share} | null
     histogram{format, unit, lowest, highest, significant_digits, data (base64 HdrHistogram)}
@@ -56,6 +56,7 @@ class RunSettings:
     warmup_s: float
     late_threshold_s: float
     quality_every: int
+    spin_below_s: float = 0.0
 
 
 def latency_summary(result: RunResult) -> dict[str, float]:
@@ -123,6 +124,7 @@ def run_summary(result: RunResult, settings: RunSettings) -> dict[str, Any]:
         "disconnects": result.disconnects,
         "generator": {
             "late_threshold_ms": settings.late_threshold_s * 1000.0,
+            "spin_below_ms": settings.spin_below_s * 1000.0,
             "late_share": result.late / result.sent if result.sent else 0.0,
             "max_lag_ms": result.max_lag_s * 1000.0,
             "dropped": result.dropped,

@@ -159,3 +159,20 @@ def test_generator_behind_is_reported_not_hidden(fast_stub: Any, pool: EncodedPo
     assert result.sent + result.dropped + result.error_count == result.scheduled
     assert result.max_lag_s > 0.05
     assert result.late > 0
+
+
+def test_spinning_polls_instead_of_sleeping_and_changes_nothing_else(
+    start_stub: Any, pool: EncodedPool
+) -> None:
+    """With --spin-below above the gap between sends, the loop never sleeps (its CPU time is
+    about its run time); without it, the same run sleeps through most of its gaps."""
+    server = start_stub()
+    schedule = RateSchedule.fixed(200, 2.0)  # a send every 5 ms
+    sleeping = _run(server, pool, schedule)
+    spinning = _run(server, pool, schedule, spin_below=0.01)
+    for result in (sleeping, spinning):
+        assert result.scheduled == result.sent == result.ok == 400
+        assert result.errors == {}
+        assert result.dropped == 0
+    assert spinning.cpu_s > 0.5 * 2.0
+    assert sleeping.cpu_s < 0.3 * 2.0
