@@ -119,6 +119,8 @@ class PeerDriver:
 # Exit codes of `rtbserve loadgen` that still come with a full report: ok, too many failed
 # requests, the generator fell behind (sends dropped). Over saturation the last two are expected.
 LOADGEN_REPORTED_EXITS = {0, 5, 7}
+# Waits for the next send shorter than this are spent polling (`--spin-below`).
+SPIN_BELOW = "500us"
 
 
 def loadgen_measurement(report: dict[str, Any]) -> RunMeasurement:
@@ -152,25 +154,30 @@ class LoadgenDriver:
     core: int | None
     server: ServerProcess
 
+    def loadgen_args(self, rate: float, duration: float, warmup: float, report: Path) -> list[str]:
+        """The `rtbserve loadgen` arguments of one run (after the subcommand)."""
+        return [
+            f"--target={self.target}",
+            f"--replay={self.replay}",
+            "--loop",
+            f"--rate={rate:.3f}",
+            f"--duration={duration}s",
+            f"--warmup={warmup}s",
+            "--workers=1",
+            f"--connections={self.connections}",
+            # Replies are only counted, not parsed for filtering quality: a lean generator.
+            "--quality-sample=0",
+            # The load core is the generator's alone: it polls instead of sleeping between
+            # sends, so a reply is timed when it lands, not after the generator wakes up.
+            f"--spin-below={SPIN_BELOW}",
+            "--plain",
+            f"--report-json={report}",
+        ]
+
     def measure(self, rate: float, duration: float, warmup: float) -> RunMeasurement:
         with tempfile.TemporaryDirectory(prefix="rtbserve-bench-") as tmp:
             report = Path(tmp) / "run.json"
-            argv = [
-                *self.argv,
-                "loadgen",
-                f"--target={self.target}",
-                f"--replay={self.replay}",
-                "--loop",
-                f"--rate={rate:.3f}",
-                f"--duration={duration}s",
-                f"--warmup={warmup}s",
-                "--workers=1",
-                f"--connections={self.connections}",
-                # Replies are only counted, not parsed for filtering quality: a lean generator.
-                "--quality-sample=0",
-                "--plain",
-                f"--report-json={report}",
-            ]
+            argv = [*self.argv, "loadgen", *self.loadgen_args(rate, duration, warmup, report)]
             client, side = run_pinned_client(
                 argv, self.server, self.core, timeout=duration + warmup + CLIENT_SLACK_SECONDS
             )

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from bench.cpu import CLOCK_TICKS, busiest_window, core_busy_seconds
-from bench.drivers import loadgen_measurement
+from bench.drivers import LoadgenDriver, loadgen_measurement
 from bench.echo_limit import score_call, score_reply, thrift_module
 from bench.measurements import RunMeasurement, SystemResult
 from bench.peer_driver import fp32_raw, thrift_reply_ok, v2_json_body
 from bench.prepare import pinned_versions
 from bench.venvs import PEER_ENVS, PeerEnv, requirements_hash
 from bench.workload import candidate_lists
+from loadgen.options import parse_config
 
 STAT = """cpu  100 0 50 1000 10 0 5 0 0 0
 cpu0 40 2 20 500 5 1 2 3 0 0
@@ -137,3 +138,24 @@ def test_peer_pins_are_exact_and_hashed(tmp_path: Path) -> None:
     before = requirements_hash(env)
     req.write_text("a==2\n")
     assert requirements_hash(env) != before
+
+
+def test_loadgen_driver_arguments_are_what_loadgen_accepts(tmp_path: Path) -> None:
+    driver = LoadgenDriver(
+        argv=["rtbserve"],
+        replay=tmp_path / "replay.jsonl",
+        target="127.0.0.1:9090",
+        connections=16,
+        core=1,
+        server=None,  # type: ignore[arg-type]  # not started: only the arguments are built
+    )
+    (tmp_path / "replay.jsonl").write_text("")
+    config = parse_config(driver.loadgen_args(2500.0, 3.0, 1.0, tmp_path / "run.json"))
+    assert config.options.connections == 16
+    assert config.options.warmup == 1.0
+    assert config.options.quality_every == 0
+    # the generator polls between sends, since the load core is its own
+    assert config.options.spin_below == pytest.approx(0.0005)
+    assert config.schedule.duration == 3.0
+    assert config.schedule.rate_at(1.5) == 2500.0
+    assert config.workers == 1
