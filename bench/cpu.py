@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# A sample whose reading took longer than this is not dated precisely enough to keep (a
+# reading scans /proc: a few milliseconds here).
+MAX_READING_SECONDS = 0.02
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -93,17 +96,28 @@ class CpuSampler:
         self.times: list[float] = []
         self.server: list[float] = []
         self.busy: list[float] = []
+        self.dropped = 0  # samples left out: their reading took too long to date
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
 
     def _sample(self) -> None:
-        self.times.append(time.monotonic())
-        self.server.append(self.server_cpu())
+        start = time.monotonic()
+        server = self.server_cpu()
         busy = 0.0
         if self.core is not None:
             busy = core_busy_seconds(self.core)
             if self.filler_cpu is not None:
                 busy -= self.filler_cpu(self.core)
+        end = time.monotonic()
+        # At the lowest priority the sampler waits whenever both cores are busy, and it can
+        # be held up in the middle of a reading: the counters then belong to no one instant,
+        # and a rate over such a sample is wrong (a one-core server seen using 1.3 cores).
+        # Such samples are left out; the window is measured between the others.
+        if end - start > MAX_READING_SECONDS:
+            self.dropped += 1
+            return
+        self.times.append((start + end) / 2.0)
+        self.server.append(server)
         self.busy.append(busy)
 
     def _loop(self) -> None:

@@ -197,3 +197,24 @@ def test_idle_loop_refuses_a_bad_core(tmp_path: Path, bad: list[str]) -> None:
     )
     assert done.returncode == 2
     assert "idle_loop" in done.stderr or "usage" in done.stderr
+
+
+def test_cpu_sampler_drops_readings_it_cannot_date() -> None:
+    """A reading held up midway (the sampler runs at the lowest priority) is left out, so a
+    server that used 0.5 core is not reported as using more from a late sample."""
+    started = time.monotonic()
+    calls = iter(range(10**6))
+
+    def server_cpu() -> float:
+        if next(calls) % 3 == 1:
+            time.sleep(0.03)  # held up before reading: the value is 30 ms newer than its start
+        return (time.monotonic() - started) * 0.5  # the server runs at half a core
+
+    sampler = CpuSampler(server_cpu, core=None, interval=0.02)
+    with sampler:
+        time.sleep(0.6)
+    assert sampler.dropped >= 3
+    assert len(sampler.times) >= 6
+    use = sampler.use_over(0.2)
+    assert use is not None
+    assert use.server_cores == pytest.approx(0.5, abs=0.03)
