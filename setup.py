@@ -1,4 +1,4 @@
-"""Declares the native tree evaluator; every other piece of metadata lives in pyproject.toml."""
+"""Declares the C extensions; every other piece of metadata lives in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -21,6 +21,18 @@ setup(
             "model_server.native._codec",
             sources=["model_server/native/codec.c"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
+        ),
+        # The load generator's sending loop (loadgen/engine.py holds the Python reference).
+        Extension(
+            "loadgen.native._send_loop",
+            sources=["loadgen/native/send_loop.c"],
+            extra_compile_args=[
+                "-O2",
+                "-std=gnu11",
+                "-Wall",
+                "-Wextra",
+                "-Werror=implicit",
+            ],
         ),
     ],
 )

@@ -115,6 +115,8 @@ class RunResult:
     warmup_requests: int = 0
     max_lag_s: float = 0.0
     cpu_s: float = 0.0
+    #: the sending loop the workers ran ("native" or "python"; both: "mixed")
+    engine: str = "python"
     last_completion_s: float = 0.0
     quality: Quality = field(default_factory=Quality)
     #: each worker's own histogram, `encode()`d; `histogram` is their sum
@@ -161,6 +163,12 @@ class RunResult:
     @property
     def max_ms(self) -> float:
         return float(self.histogram.get_max_value()) / 1000.0 if self.ok else 0.0
+
+
+def _engine(engines: Iterable[str]) -> str:
+    """The one sending loop every worker ran, or "mixed"."""
+    seen = set(engines)
+    return seen.pop() if len(seen) == 1 else "mixed" if seen else "python"
 
 
 def merge_results(
@@ -213,6 +221,7 @@ def merge_results(
         warmup_requests=sum(r.warmup_requests for r in results),
         max_lag_s=max((r.max_lag_s for r in results), default=0.0),
         cpu_s=sum(r.cpu_s for r in results),
+        engine=_engine(r.engine for r in results),
         last_completion_s=max((r.last_completion_s for r in results), default=0.0),
         quality=quality,
         worker_histograms=[r.histogram for r in results],

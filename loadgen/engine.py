@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from loadgen import wire
 from loadgen.connections import (
@@ -39,6 +40,11 @@ from loadgen.connections import (
     resolve,
 )
 from loadgen.exit_codes import ExitCode, LoadgenError
+
+try:
+    from loadgen.native import _send_loop as native_loop
+except ImportError:  # built at install; without it the Python loop runs
+    native_loop = None  # type: ignore[assignment]
 from loadgen.recorder import Recorder
 from loadgen.records import SecondReport, Tick, WorkerResult
 from loadgen.schedule import RateSchedule
@@ -48,7 +54,12 @@ _MAX_FRAME = 64 << 20
 _HOUSEKEEPING_S = 0.005  # timeouts, reconnects and reports are looked at this often
 _RECORD_S = 0.05  # replies' latencies go into the histogram this often, a slice at a time
 _CHUNK = 4096  # intended times computed per numpy call
+#: due requests handled between two looks at the replies: a loop that is behind must not
+#: stop reading (replies are what make room on the connections)
+SEND_BATCH = 128
 _SEQ_MASK = 0x7FFFFFFF
+#: how late the kernel may end a timed wait (its default, 50 us, would make sends late)
+_TIMER_SLACK_NS = 1000
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 _REPLY_VT, _EXCEPTION_VT = wire.REPLY_VERSION_TYPE, wire.EXCEPTION_VERSION_TYPE
 
@@ -67,6 +78,8 @@ class SendOptions:
     tick_interval: float = 1.0
     #: waits shorter than this poll without sleeping (0: always sleep)
     spin_below: float = 0.0
+    #: "native": the sending loop in C (loadgen.native), "python": the reference loop
+    engine: str = "native"
 
 
 @dataclass
@@ -109,14 +122,25 @@ class _Due:
         self.pool = plan.pool_size
         self.stride = plan.stride
 
-    def chunk(self) -> tuple[list[int], list[float], list[int]]:
+    def arrays(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """(request indices, intended times, frame numbers); empty when the schedule is done."""
         idx = np.arange(
-            self.next_index, min(self.total, self.next_index + self.step * _CHUNK), self.step
+            self.next_index,
+            min(self.total, self.next_index + self.step * _CHUNK),
+            self.step,
+            dtype=np.int64,
         )
         self.next_index += self.step * len(idx)
         times = self.schedule.times(idx) if len(idx) else np.empty(0)
-        return idx.tolist(), times.tolist(), ((idx % self.pool) // self.stride).tolist()
+        items = (idx % self.pool) // self.stride
+        return idx, np.ascontiguousarray(times, dtype=np.float64), items
+
+    def chunk(self) -> tuple[list[int], list[float], list[int]]:
+        """`arrays` as lists, for the Python loop."""
+        idx, times, items = self.arrays()
+        return idx.tolist(), times.tolist(), items.tolist()
 
 
 class Worker:
@@ -340,13 +364,21 @@ class Worker:
                 self._fail(conn, error_key(exc), now, requeue=True)
                 return
             if not data:
-                if conn.inflight:
-                    self.rec.explain(
-                        "ConnectionClosed", "the server closed the connection with calls in flight"
-                    )
-                self._fail(conn, "ConnectionClosed", now, requeue=True)
+                self._on_eof(conn, now)
                 return
             self._on_data(conn, data, now)
+
+    def _on_eof(self, conn: Connection, now: float) -> None:
+        """The server closed the connection; what it had not answered is re-sent once."""
+        if conn.inflight:
+            self.rec.explain(
+                "ConnectionClosed", "the server closed the connection with calls in flight"
+            )
+        self._fail(conn, "ConnectionClosed", now, requeue=True)
+
+    def _on_socket_error(self, conn: Connection, code: int, now: float) -> None:
+        """A send or receive failed with errno `code` (from the native loop)."""
+        self._fail(conn, errno_key(code), now, requeue=True)
 
     # ---- sending -----------------------------------------------------------------------
 
@@ -451,10 +483,136 @@ class Worker:
         self, start_wall: float, clock: Callable[[], float] = time.perf_counter
     ) -> WorkerResult:
         """Send from `start_wall` (a time.time() instant) to the end of the schedule."""
-        plan, opts, rec = self.plan, self.opts, self.rec
+        plan, rec = self.plan, self.rec
         if plan.warmup_requests:
             rec.warm = float(plan.schedule.times(np.array([plan.warmup_requests]))[0])
         due = _Due(plan)
+        # the native loop reads the clock itself: CLOCK_MONOTONIC, which is perf_counter's
+        native = self.engine == "native" and clock is time.perf_counter
+        if native_loop is not None:
+            native_loop.set_timer_slack(_TIMER_SLACK_NS)
+        t0 = clock() + (start_wall - time.time())
+        cpu_start = time.process_time()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a collection pause would show up as latency; the loop makes no cycles
+        try:
+            while clock() < t0 - 0.002:
+                time.sleep(min(0.05, max(0.0, t0 - clock() - 0.002)))
+            if native:
+                self._run_native(due, t0)
+            else:
+                self._run_python(due, t0, clock)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+            self.cpu = time.process_time() - cpu_start
+            if not self.interrupted:
+                self.next_index = due.total
+            self._close_all()
+        for report in rec.closed_seconds(math.inf, plan.worker):
+            self.sink.second(report)
+        return self._result()
+
+    @property
+    def engine(self) -> str:
+        """The loop that runs: "native" unless asked for "python" or the C part is missing."""
+        if self.opts.engine == "python" or native_loop is None:
+            return "python"
+        return "native"
+
+    def _housekeeping_due(
+        self, now: float, all_due_sent: bool, next_tick: float
+    ) -> tuple[bool, float]:
+        """The 5 ms step of both loops: (the run is over, when the next tick is due)."""
+        if now >= next_tick:
+            next_tick += self.opts.tick_interval
+            self._tick(now)
+        return self._housekeeping(now, all_due_sent), next_tick
+
+    def _run_native(self, due: _Due, t0: float) -> None:
+        """The sending loop in C (`loadgen.native._send_loop.SendLoop`), which hands back
+        to this worker's Python methods for everything but the steady state."""
+        assert native_loop is not None
+        plan, opts, rec = self.plan, self.opts, self.rec
+        loop = native_loop.SendLoop(
+            worker=self,
+            epfd=self.ep.fileno(),
+            t0=t0,
+            frames=plan.frames,
+            sec_lat=rec.sec_lat,
+            sec_sent=rec.sec_sent,
+            sec_late=rec.sec_late,
+            sec_drop=rec.sec_drop,
+            completions=rec.completions,
+            count_quality=rec.count_quality,
+            warm=rec.warm,
+            late_threshold=opts.late_threshold,
+            max_lag=opts.max_lag,
+            spin_below=opts.spin_below,
+            max_inflight=opts.max_inflight,
+            quality_every=opts.quality_every,
+            seq_offset=wire.SEQID_OFFSET,
+            send_batch=SEND_BATCH,
+            state_up=UP,
+            state_connecting=CONNECTING,
+        )
+        loop.set_chunk(*due.arrays())
+        dirty: set[Connection] = set()
+        next_house, next_tick = 0.0, opts.tick_interval
+        try:
+            while True:
+                try:
+                    while True:
+                        if self.wake_backlog:
+                            now = loop.now
+                            self._send_backlog(now, dirty)
+                            for conn in dirty:
+                                self._flush(conn, now)
+                            dirty.clear()
+                        status = loop.advance(next_house)
+                        now = loop.now
+                        if status == native_loop.HOUSEKEEPING:
+                            next_house = now + _HOUSEKEEPING_S
+                            self._drain(loop)
+                            over, next_tick = self._housekeeping_due(
+                                now, bool(loop.done), next_tick
+                            )
+                            if over:
+                                break
+                        elif status == native_loop.CHUNK_END:
+                            loop.set_chunk(*due.arrays())
+                        elif status == native_loop.EVENT:
+                            self._on_event(loop.event_fd, loop.event_mask, now)
+                        # CHANGED: Python changed a connection; the next call looks again
+                    break  # the run is over
+                except KeyboardInterrupt:
+                    if self.interrupted:
+                        break  # a second interrupt: stop waiting for replies
+                    # stop sending; replies already on their way still count
+                    self.interrupted = True
+                    pending = loop.next_request()
+                    self.next_index = due.total if pending is None else pending
+                    empty = np.empty(0, dtype=np.int64)
+                    loop.set_chunk(empty, np.empty(0), empty)
+        finally:
+            self._drain(loop)
+            self.max_lag = max(self.max_lag, loop.max_lag_seen)
+
+    def _drain(self, loop: native_loop.SendLoop) -> None:
+        """Take the native loop's counters since the last call into this worker's."""
+        sent, late, dropped, warmup_sent, ok, stray = loop.drain()
+        self.sent += sent
+        self.late += late
+        self.dropped += dropped
+        self.warmup_sent += warmup_sent
+        self.stray += stray
+        rec = self.rec
+        rec.ok += ok
+        rec.last_completion = max(rec.last_completion, loop.last_completion)
+
+    def _run_python(self, due: _Due, t0: float, clock: Callable[[], float]) -> None:
+        """The sending loop in Python: the reference the native loop follows step for step."""
+        plan, opts, rec = self.plan, self.opts, self.rec
         idx_list, time_list, item_list = due.chunk()
         k, n_chunk = 0, len(idx_list)
         nxt = time_list[0] if n_chunk else math.inf
@@ -472,21 +630,16 @@ class Worker:
         sent = late = dropped = warmup_sent = 0
         max_seen_lag = 0.0
         next_house, next_tick = 0.0, opts.tick_interval
-
-        t0 = clock() + (start_wall - time.time())
-        cpu_start = time.process_time()
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # a collection pause would show up as latency; the loop makes no cycles
         try:
-            while clock() < t0 - 0.002:
-                time.sleep(min(0.05, max(0.0, t0 - clock() - 0.002)))
             while True:
                 try:
                     while True:
                         now = clock() - t0
                         if self.wake_backlog:
                             self._send_backlog(now, dirty)
-                        while nxt <= now:
+                        budget = SEND_BATCH
+                        while nxt <= now and budget:
+                            budget -= 1
                             lag = now - nxt
                             if lag > max_seen_lag:  # noqa: PLR1730 (cheaper than max())
                                 max_seen_lag = lag
@@ -543,10 +696,10 @@ class Worker:
                             self.late += late
                             sent = late = 0
                             self.dropped = dropped
-                            if now >= next_tick:
-                                next_tick += opts.tick_interval
-                                self._tick(now)
-                            if self._housekeeping(now, nxt == math.inf):
+                            over, next_tick = self._housekeeping_due(
+                                now, nxt == math.inf, next_tick
+                            )
+                            if over:
                                 break
                         now = clock() - t0
                         wait = min(nxt, next_house) - now
@@ -573,20 +726,11 @@ class Worker:
                     idx_list, time_list, item_list, k, n_chunk = [], [], [], 0, 0
                     nxt = math.inf
         finally:
-            if gc_was_enabled:
-                gc.enable()
             self.sent += sent
             self.late += late
             self.dropped = dropped
             self.warmup_sent = warmup_sent
             self.max_lag = max_seen_lag
-            self.cpu = time.process_time() - cpu_start
-            if not self.interrupted:
-                self.next_index = due.total
-            self._close_all()
-        for report in rec.closed_seconds(math.inf, plan.worker):
-            self.sink.second(report)
-        return self._result()
 
     def _close_all(self) -> None:
         for conn in self.conns:
@@ -623,6 +767,7 @@ class Worker:
             warmup_requests=self.warmup_sent,
             max_lag_s=self.max_lag,
             cpu_s=self.cpu,
+            engine=self.engine,
             last_completion_s=rec.last_completion,
             completions_per_second=rec.completions_per_second(),
             quality=rec.quality,

@@ -231,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         "core (default 0: always sleep)",
     )
     send.add_argument(
+        "--engine",
+        choices=("native", "python"),
+        default="native",
+        help="the sending loop: native (C, the default) or python (the reference it follows; "
+        "also used when the C part is not built)",
+    )
+    send.add_argument(
         "--quality-sample",
         type=int,
         default=10,
@@ -337,6 +344,7 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
         warmup=args.warmup,
         quality_every=args.quality_sample,
         spin_below=args.spin_below,
+        engine=args.engine,
     )
     saturation = None
     if args.find_saturation:

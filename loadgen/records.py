@@ -80,6 +80,7 @@ class WorkerResult:
     warmup_requests: int = 0
     max_lag_s: float = 0.0  # worst send delay behind schedule
     cpu_s: float = 0.0  # CPU time this worker's process spent in the run
+    engine: str = "python"  # the sending loop that ran: "native" (C) or "python"
     #: seconds from the measured start to the last reply or error
     last_completion_s: float = 0.0
     #: replies and errors completed in each second of wall time (by completion time)

@@ -9,8 +9,8 @@ JSON report fields (all latencies in milliseconds, rates in requests per second)
     latency_ms{min, mean, p50, p90, p99, p99_9, max}
     errors{type: count}, error_examples{type: first message}, connect_errors{type: count},
     disconnects{type: count} (why open connections ended; their calls are re-sent once)
-    generator{late_threshold_ms, spin_below_ms, late_share, max_lag_ms, dropped, behind, cpu_s,
-              cpu_us_per_request}
+    generator{engine, late_threshold_ms, spin_below_ms, late_share, max_lag_ms, dropped, behind,
+              cpu_s, cpu_us_per_request}
     filtering{replies_parsed, sample_every, pairs, filtered_share, bids, bids_kept_share} | null
     histogram{format, unit, lowest, highest, significant_digits, data (base64 HdrHistogram)}
     series[{second, target_rate, sent, ok, errors, dropped, late, completed, p50_ms, p99_ms,
@@ -123,6 +123,7 @@ def run_summary(result: RunResult, settings: RunSettings) -> dict[str, Any]:
         "connect_errors": result.connect_errors,
         "disconnects": result.disconnects,
         "generator": {
+            "engine": result.engine,
             "late_threshold_ms": settings.late_threshold_s * 1000.0,
             "spin_below_ms": settings.spin_below_s * 1000.0,
             "late_share": result.late / result.sent if result.sent else 0.0,

@@ -286,11 +286,16 @@ def test_entrypoint_runs_from_the_wheel_alone(
 def test_wheel_carries_package_data(installed_image: Path) -> None:
     files = wheel_files(installed_image)
     assert "model_server/rtbserve.thrift" in files
-    for source, module in (("forest.c", "_forest"), ("codec.c", "_codec")):
-        if (REPO_ROOT / "model_server" / "native" / source).exists():
-            assert any(re.match(rf"model_server/native/{module}\..*\.so$", f) for f in files), (
-                f"the C extension {module} is compiled into the wheel"
-            )
+    extensions = (
+        ("model_server/native", "forest.c", "_forest"),
+        ("model_server/native", "codec.c", "_codec"),
+        ("loadgen/native", "send_loop.c", "_send_loop"),
+    )
+    for folder, source, module in extensions:
+        assert (REPO_ROOT / folder / source).exists()
+        assert any(re.match(rf"{folder}/{module}\..*\.so$", f) for f in files), (
+            f"the C extension {module} is compiled into the wheel"
+        )
 
 
 def test_default_command_is_accepted(installed_image: Path, final: Stage, tmp_path: Path) -> None:

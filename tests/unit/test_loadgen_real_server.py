@@ -30,16 +30,19 @@ def _target(server: Any) -> str:
     return f"{server.host}:{server.thrift_port}"
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
 def test_scores_synthetic_traffic_with_quality(
-    server: Any, run_loadgen: Any, tmp_path: Path
+    engine: str, server: Any, run_loadgen: Any, tmp_path: Path
 ) -> None:
     report_path = tmp_path / "report.json"
     run = run_loadgen(
         "--target", _target(server), *SYNTHETIC, "--rate", "400", "--duration", "2s",
         "--connections", "4", "--quality-sample", "1", "--report-json", str(report_path),
+        "--engine", engine,
     )  # fmt: skip
     assert run.code == 0, run.stderr
     doc = orjson.loads(report_path.read_bytes())
+    assert doc["generator"]["engine"] == engine
     assert doc["requests"]["ok"] == 800
     assert doc["errors"] == {}
     assert doc["achieved_rate"] == pytest.approx(400, rel=0.02)
@@ -50,8 +53,9 @@ def test_scores_synthetic_traffic_with_quality(
     # thresholds were chosen to keep most true bids
     assert quality["bids"] > 0
     assert quality["bids_kept_share"] > 0.8
-    # the server closes each connection after 100 calls; that costs no request
+    # the server closes each connection after 100 calls: reconnecting costs no request
     assert doc["disconnects"].get("ConnectionClosed", 0) >= 4
+    assert doc["connect_errors"] == {}
 
 
 def test_bidders_the_model_does_not_know_are_server_errors(

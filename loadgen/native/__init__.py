@@ -1,0 +1,1 @@
+"""Native (C) parts of the load generator, built at install time by setup.py."""
