@@ -86,6 +86,7 @@ def _filtering(result: RunResult, quality_every: int) -> dict[str, Any] | None:
 def run_summary(result: RunResult, settings: RunSettings) -> dict[str, Any]:
     """The measurement part of the report for one run."""
     sched = result.schedule
+    handled = result.sent + result.warmup_requests
     return {
         "target": result.target,
         "started_at": result.started_at.isoformat().replace("+00:00", "Z"),
@@ -131,7 +132,8 @@ def run_summary(result: RunResult, settings: RunSettings) -> dict[str, Any]:
             "dropped": result.dropped,
             "behind": result.dropped > 0,
             "cpu_s": result.cpu_s,
-            "cpu_us_per_request": result.cpu_s / result.sent * 1e6 if result.sent else None,
+            # the CPU time covers the warm-up too, so its requests count as well
+            "cpu_us_per_request": result.cpu_s / handled * 1e6 if handled else None,
         },
         "filtering": _filtering(result, settings.quality_every),
         "histogram": {
