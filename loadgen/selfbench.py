@@ -1,5 +1,7 @@
 """How fast is the load generator itself? One `rtbserve loadgen` process against the
-canned-reply stub (`loadgen.stub`), each pinned to its own CPU.
+canned-reply stub (`loadgen.stub`), each pinned to its own CPU, with each sending loop
+(`--engine native` and `--engine python`) in turn at every rate, so the two are compared
+side by side in one run.
 
     python -m loadgen.selfbench --rates 10k,20k,30k,40k --duration 5s --json out.json
 
@@ -7,6 +9,8 @@ canned-reply stub (`loadgen.stub`), each pinned to its own CPU.
    loopback and the stub) adds to every measurement;
 2. capacity: the highest rate in the ladder the single process sustains (nothing dropped,
    no errors, >= 99% of the target achieved), with its CPU time per request.
+
+The stub is Python too: when both loops stop at the same rate, the stub is the limit.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ SUSTAINED_SHARE = 0.99
 
 @dataclass
 class Step:
+    engine: str
     rate: float
     achieved: float
     sent: int
@@ -73,11 +78,19 @@ def start_stub(cpu: int | None) -> tuple[subprocess.Popen[str], str]:
 
 
 def run_step(
-    target: str, rate: float, *, duration: float, connections: int, cpu: int | None, work: Path
+    target: str,
+    rate: float,
+    *,
+    engine: str,
+    duration: float,
+    connections: int,
+    spin_below: str,
+    cpu: int | None,
+    work: Path,
 ) -> Step:
-    report = work / f"report-{rate:.0f}.json"
+    report = work / f"report-{engine}-{rate:.0f}.json"
     argv = [*_pinned(cpu), sys.executable, "-m", "rtbserve", "loadgen", "--plain"]
-    argv += ["--target", target]
+    argv += ["--target", target, "--engine", engine, "--spin-below", spin_below]
     argv += ["--rate", f"{rate:.0f}", "--duration", f"{duration}", "--warmup", "1s"]
     argv += ["--connections", str(connections), "--max-error-ratio", "1"]
     argv += ["--report-json", str(report)]
@@ -85,6 +98,7 @@ def run_step(
     doc = orjson.loads(report.read_bytes())
     gen, lat = doc["generator"], doc["latency_ms"]
     return Step(
+        engine=engine,
         rate=rate,
         achieved=doc["achieved_rate"],
         sent=doc["requests"]["sent"],
@@ -104,42 +118,89 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overhead-rate", default="1000")
     parser.add_argument("--duration", default="5s")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--engines", default="native,python", help="sending loops to compare")
+    parser.add_argument("--spin-below", default="0", help="passed to loadgen (e.g. 500us)")
     parser.add_argument("--loadgen-cpu", type=int, default=0, help="-1: do not pin")
     parser.add_argument("--stub-cpu", type=int, default=1, help="-1: do not pin")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     rates = [parse_rate(r) for r in args.rates.split(",")]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     duration = parse_duration(args.duration)
     lg_cpu = None if args.loadgen_cpu < 0 else args.loadgen_cpu
     stub_cpu = None if args.stub_cpu < 0 else args.stub_cpu
     console = Console()
     stub, target = start_stub(stub_cpu)
+    overheads: list[Step] = []
+    steps: list[Step] = []
     try:
         with tempfile.TemporaryDirectory(prefix="rtbserve-selfbench-") as tmp:
             options: dict[str, Any] = {
                 "duration": duration,
                 "connections": args.connections,
+                "spin_below": args.spin_below,
                 "cpu": lg_cpu,
                 "work": Path(tmp),
             }
-            overhead = run_step(target, parse_rate(args.overhead_rate), **options)
-            steps = []
-            for rate in rates:
-                step = run_step(target, rate, **options)
-                steps.append(step)
-                console.print(
-                    f"{rate:>9,.0f}/s: achieved {step.achieved:,.0f}/s, dropped {step.dropped:,}"
-                    f", p99 {step.p99_ms:.2f} ms -> {'ok' if step.sustained else 'NOT sustained'}",
-                    highlight=False,
+            for engine in engines:
+                overheads.append(
+                    run_step(target, parse_rate(args.overhead_rate), engine=engine, **options)
                 )
+            for rate in rates:
+                for engine in engines:  # side by side: the engines alternate at every rate
+                    step = run_step(target, rate, engine=engine, **options)
+                    steps.append(step)
+                    console.print(
+                        f"{engine:>6} {rate:>9,.0f}/s: achieved {step.achieved:,.0f}/s, dropped "
+                        f"{step.dropped:,}, p99 {step.p99_ms:.2f} ms -> "
+                        f"{'ok' if step.sustained else 'NOT sustained'}",
+                        highlight=False,
+                    )
     finally:
         stub.terminate()
         stub.wait(timeout=10)
+    console.print(_table([*overheads, *steps]))
+    best = {
+        e: max((s.rate for s in steps if s.engine == e and s.sustained), default=None)
+        for e in engines
+    }
+    for overhead in overheads:
+        found = best[overhead.engine]
+        console.print(
+            f"{overhead.engine}: overhead at {overhead.rate:,.0f}/s p50 {overhead.p50_ms:.3f} ms, "
+            f"p99 {overhead.p99_ms:.3f} ms; highest sustained rate: "
+            + (f"{found:,.0f}/s" if found else "none of the ladder"),
+            highlight=False,
+        )
+    ratios = _cpu_ratios(steps, engines)
+    for rate, ratio in ratios.items():
+        console.print(
+            f"CPU per request at {rate:,.0f}/s, {engines[1]} / {engines[0]}: {ratio:.2f}x"
+        )
+    if args.json:
+        args.json.write_bytes(
+            orjson.dumps(
+                {
+                    "overhead": [asdict(o) for o in overheads],
+                    "steps": [asdict(s) | {"sustained": s.sustained} for s in steps],
+                    "max_sustained_rate": best,
+                    "cpu_ratio": {f"{r:.0f}": v for r, v in ratios.items()},
+                    "pinned": {"loadgen_cpu": lg_cpu, "stub_cpu": stub_cpu},
+                },
+                option=orjson.OPT_INDENT_2,
+            )
+        )
+    return 0
+
+
+def _table(steps: list[Step]) -> Table:
     table = Table(title="one loadgen process vs. the canned-reply stub", title_justify="left")
-    for column in ("target", "achieved", "dropped", "late", "p50", "p99", "p99.9", "CPU/req"):
+    columns = ("engine", "target", "achieved", "dropped", "late", "p50", "p99", "p99.9", "CPU/req")
+    for column in columns:
         table.add_column(column, justify="right")
-    for step in [overhead, *steps]:
+    for step in steps:
         table.add_row(
+            step.engine,
             f"{step.rate:,.0f}",
             f"{step.achieved:,.0f}",
             f"{step.dropped:,}",
@@ -149,27 +210,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{step.p999_ms:.3f} ms",
             f"{step.cpu_us_per_request:.1f} us" if step.cpu_us_per_request else "-",
         )
-    console.print(table)
-    best = max((s.rate for s in steps if s.sustained), default=None)
-    console.print(
-        f"overhead at {overhead.rate:,.0f}/s: p50 {overhead.p50_ms:.3f} ms, "
-        f"p99 {overhead.p99_ms:.3f} ms; highest sustained rate: "
-        + (f"{best:,.0f}/s" if best else "none of the ladder"),
-        highlight=False,
-    )
-    if args.json:
-        args.json.write_bytes(
-            orjson.dumps(
-                {
-                    "overhead": asdict(overhead),
-                    "steps": [asdict(s) | {"sustained": s.sustained} for s in steps],
-                    "max_sustained_rate": best,
-                    "pinned": {"loadgen_cpu": lg_cpu, "stub_cpu": stub_cpu},
-                },
-                option=orjson.OPT_INDENT_2,
-            )
-        )
-    return 0
+    return table
+
+
+def _cpu_ratios(steps: list[Step], engines: list[str]) -> dict[float, float]:
+    """Second engine's CPU per request over the first's, at each rate both sustained."""
+    if len(engines) < 2:
+        return {}
+    by = {(s.engine, s.rate): s for s in steps}
+    ratios = {}
+    for rate in dict.fromkeys(s.rate for s in steps):
+        first, second = by.get((engines[0], rate)), by.get((engines[1], rate))
+        if (
+            first
+            and second
+            and first.sustained
+            and second.sustained
+            and first.cpu_us_per_request
+            and second.cpu_us_per_request
+        ):
+            ratios[rate] = second.cpu_us_per_request / first.cpu_us_per_request
+    return ratios
 
 
 if __name__ == "__main__":
