@@ -1,15 +1,18 @@
-"""Two versions of rtbserve's server side by side: the way to measure a change on a noisy machine.
+"""Two versions of rtbserve's server, or two load generator loops, side by side: the way to
+measure a change on a noisy machine.
 
     python -m bench.compare_servers --before REV --model DIR [--rates 6000,8000,10000,12000]
         [--rounds 4] [--bidders 16] [--seconds 4]
+    python -m bench.compare_servers --engines python,native --model DIR
 
-Checks REV out into a git worktree under bench/work/compare/ (its C extensions built in place),
-starts it and the working tree's server, both `--workers 1` and both pinned to the server core,
-keeps the cores warm (`warm_cores`), and loads them in alternation from the load core with
-`rtbserve loadgen`: every round runs each rate against both, in alternating order, so a burst
-of noise from other tenants hits both alike. Prints a Markdown table per rate (CPU per request,
-median p99, runs within the SLO, before -> after) and writes every run to
-bench/work/compare/<time>.json.
+With `--before`, checks REV out into a git worktree under bench/work/compare/ (its C extensions
+built in place), starts it and the working tree's server, both `--workers 1` and both pinned
+to the server core. With `--engines A,B`, starts the working tree's server once and drives it
+with `rtbserve loadgen --engine A` and `--engine B`. Either way it keeps the cores warm
+(`warm_cores`) and loads the two sides in alternation from the load core: every round runs
+each rate against both, in alternating order, so a burst of noise from other tenants hits both
+alike. Prints a Markdown table per rate (server CPU per request, median p99, runs within the
+SLO, first side -> second) and writes every run to bench/work/compare/<time>/runs.json.
 """
 
 from __future__ import annotations
@@ -59,14 +62,16 @@ def cpu_us_per_request(m: RunMeasurement) -> float | None:
     return m.server_cpu_cores / m.achieved_rps * 1e6
 
 
-def summarize(runs: Sequence[Run], slo_p99_ms: float) -> list[RateSummary]:
+def summarize(
+    runs: Sequence[Run], slo_p99_ms: float, sides: Sequence[str] = SIDES
+) -> list[RateSummary]:
     """Per rate, each side's medians and how many of its runs met the SLO."""
     out = []
     for rate in sorted({r.rate for r in runs}):
         cpu: dict[str, float | None] = {}
         p99: dict[str, float] = {}
         within: dict[str, tuple[int, int]] = {}
-        for side in SIDES:
+        for side in sides:
             ms = [r.measurement for r in runs if r.rate == rate and r.side == side]
             if not ms:
                 continue
@@ -79,25 +84,29 @@ def summarize(runs: Sequence[Run], slo_p99_ms: float) -> list[RateSummary]:
     return out
 
 
-def _pair(values: dict[str, float | None], fmt: str) -> str:
+def _pair(values: dict[str, float | None], fmt: str, sides: Sequence[str]) -> str:
     def one(side: str) -> str:
         v = values.get(side)
         return "—" if v is None else format(v, fmt)
 
-    return f"{one('before')} → {one('after')}"
+    return " → ".join(one(side) for side in sides)
 
 
-def render(summaries: Sequence[RateSummary], slo_p99_ms: float) -> str:
+def render(
+    summaries: Sequence[RateSummary], slo_p99_ms: float, sides: Sequence[str] = SIDES
+) -> str:
+    named = " → ".join(sides)
     lines = [
-        f"| req/s | CPU per request (µs), before → after | median p99 (ms) "
+        f"| req/s | server CPU per request (µs), {named} | median p99 (ms) "
         f"| runs with p99 ≤ {slo_p99_ms:g} ms |",
         "| --- | --- | --- | --- |",
     ]
     for s in summaries:
-        within = " → ".join(f"{ok}/{n}" for ok, n in (s.within_slo.get(x, (0, 0)) for x in SIDES))
+        within = " → ".join(f"{ok}/{n}" for ok, n in (s.within_slo.get(x, (0, 0)) for x in sides))
         p99: dict[str, float | None] = dict(s.p99_ms)
         lines.append(
-            f"| {s.rate:,.0f} | {_pair(s.cpu_us, '.0f')} | {_pair(p99, '.2f')} | {within} |"
+            f"| {s.rate:,.0f} | {_pair(s.cpu_us, '.0f', sides)} | {_pair(p99, '.2f', sides)} "
+            f"| {within} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -148,7 +157,11 @@ def serve(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compare_servers", description=__doc__)
-    p.add_argument("--before", required=True, help="git revision to compare the tree against")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--before", help="git revision to compare the tree against")
+    what.add_argument(
+        "--engines", help="two `rtbserve loadgen --engine` loops to compare, e.g. python,native"
+    )
     p.add_argument("--model", type=Path, required=True, help="artifact directory")
     p.add_argument("--rates", default="6000,8000,10000,12000")
     p.add_argument("--rounds", type=int, default=4)
@@ -164,7 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     out = COMPARE_DIR / stamp
     out.mkdir(parents=True, exist_ok=True)
-    old_tree = checkout(args.before, COMPARE_DIR / "trees")
+    if args.engines:
+        engines = [e.strip() for e in args.engines.split(",")]
+        if len(engines) != 2 or engines[0] == engines[1]:
+            p.error("--engines takes two different loops, e.g. python,native")
+        sides: tuple[str, ...] = tuple(engines)
+    else:
+        sides = SIDES
+        old_tree = checkout(args.before, COMPARE_DIR / "trees")
     model = load_artifact(model_dir)
     load = make_workload(list(model.manifest.bidders), args.bidders, 500, seed=7)
     replay = write_replay(out / "replay.jsonl", load)
@@ -174,8 +194,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm_cores.keep_warm([args.server_core, args.load_core], WORK_DIR / "idle_loop")
         )
         drivers = {}
-        for side, code in (("before", old_tree), ("after", None)):
-            server, port = stack.enter_context(serve(side, model_dir, args.server_core, out, code))
+        servers: dict[str, tuple[ServerProcess, int, str | None]]
+        if args.engines:
+            server, port = stack.enter_context(
+                serve("tree", model_dir, args.server_core, out, None)
+            )
+            servers = {side: (server, port, side) for side in sides}
+        else:
+            servers = {
+                side: (
+                    *stack.enter_context(serve(side, model_dir, args.server_core, out, code)),
+                    None,
+                )
+                for side, code in (("before", old_tree), ("after", None))
+            }
+        for side, (server, port, engine) in servers.items():
             drivers[side] = LoadgenDriver(
                 argv=[sys.executable, "-m", "rtbserve"],
                 replay=replay,
@@ -183,10 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 connections=16,
                 core=args.load_core,
                 server=server,
+                engine=engine,
             )
         for round_ in range(args.rounds):
             for rate in rates:
-                for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
+                for side in sides if round_ % 2 == 0 else sides[::-1]:
                     m = drivers[side].measure(rate, args.seconds, 1.0)
                     runs.append(Run(side, rate, round_, m))
                     cost = cpu_us_per_request(m)
@@ -198,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
     (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
     print()
-    print(render(summarize(runs, args.slo_p99_ms), args.slo_p99_ms))
+    print(render(summarize(runs, args.slo_p99_ms, sides), args.slo_p99_ms, sides))
     print(f"runs: {out / 'runs.json'}")
     return 0
 

@@ -153,10 +153,14 @@ class LoadgenDriver:
     connections: int
     core: int | None
     server: ServerProcess
+    #: the sending loop (`--engine`); None: loadgen's default
+    engine: str | None = None
 
     def loadgen_args(self, rate: float, duration: float, warmup: float, report: Path) -> list[str]:
         """The `rtbserve loadgen` arguments of one run (after the subcommand)."""
+        engine = [f"--engine={self.engine}"] if self.engine else []
         return [
+            *engine,
             f"--target={self.target}",
             f"--replay={self.replay}",
             "--loop",

@@ -17,6 +17,14 @@ def test_cpu_per_request_is_cores_over_rate() -> None:
     assert cpu_us_per_request(_m(8000, 1.0, None)) is None
 
 
+def test_sides_can_be_named() -> None:
+    runs = [Run("python", 8000, 0, _m(8000, 3.0, 0.88)), Run("native", 8000, 0, _m(8000, 1.0, 0.8))]
+    (eight,) = summarize(runs, 2.0, ("python", "native"))
+    table = render([eight], 2.0, ("python", "native"))
+    assert "python → native" in table
+    assert "| 8,000 | 110 → 100 | 3.00 → 1.00 | 0/1 → 1/1 |" in table
+
+
 def test_summary_takes_medians_and_counts_runs_within_the_slo() -> None:
     runs = [
         Run("before", 8000, 0, _m(8000, 3.0, 0.88)),
