@@ -9,10 +9,13 @@ Two ways to keep a core from halting, the first preferred:
 
 - kernel-poll: a PM QoS request for a CPU wake-up latency of 0 µs (`/dev/cpu_dma_latency`, held
   open for the duration; needs root): cpuidle then only picks its POLL state, so an idle core
-  spins inside the kernel's idle task. A wake-up is then a flag the polling core sees, with no
+  spins inside the kernel's idle task. That needs a cpuidle driver with a POLL state: without
+  one (`/sys/devices/system/cpu/cpuidle/current_driver` reads "none", as on some VM kernels)
+  the idle task halts whatever the request says, so the request is only made where every core
+  has the state. A wake-up is then a flag the polling core sees, with no
   inter-processor interrupt and no switch away from another process. This is the low-latency
   setting production hosts use (tuned's latency-performance profile does the same).
-- idle-loop: where that device cannot be written, a SCHED_IDLE task pinned to each core runs the
+- idle-loop: where kernel-poll cannot be had, a SCHED_IDLE task pinned to each core runs the
   CPU's spin-wait hint (`idle_loop/idle_loop.c`). It only runs when nothing else wants the core
   and is preempted the moment the server or load generator wakes, but every wake-up is then an
   interrupt plus a switch between processes: measured side by side on the development VM, a
@@ -44,6 +47,7 @@ from bench.cpu import CLOCK_TICKS
 IDLE_LOOP_SOURCE = BENCH_DIR / "idle_loop" / "idle_loop.c"
 
 QOS_DEVICE = Path("/dev/cpu_dma_latency")
+CPU_SYSFS = Path("/sys/devices/system/cpu")
 KERNEL_POLL = "kernel-poll"
 IDLE_LOOP = "idle-loop"
 
@@ -91,6 +95,20 @@ def warm_cores() -> list[int]:
 def method() -> str | None:
     """KERNEL_POLL or IDLE_LOOP inside keep_warm, None outside it (or when disabled)."""
     return _METHOD[-1] if _METHOD else None
+
+
+def polling_idle_available(cores: Sequence[int], sysfs: Path = CPU_SYSFS) -> bool:
+    """Every core's cpuidle has a POLL state: what a 0 µs wake-up latency request selects."""
+
+    def has_poll(core: int) -> bool:
+        states = sysfs / f"cpu{core}" / "cpuidle"
+        for state in sorted(states.glob("state*")) if states.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if (state / "name").read_text().strip() == "POLL":
+                    return True
+        return False
+
+    return bool(cores) and all(has_poll(core) for core in cores)
 
 
 def _request_zero_wakeup_latency(device: Path = QOS_DEVICE) -> BinaryIO | None:
@@ -143,13 +161,15 @@ def keep_warm(
     cores: Sequence[int], build_dir: Path, enabled: bool = True, prefer_kernel_poll: bool = True
 ) -> Iterator[list[int]]:
     """Keep `cores` from halting for the duration (see the module's doc); yields the cores.
-    Kernel-poll where /dev/cpu_dma_latency can be written and `prefer_kernel_poll`, else a
-    busy loop at SCHED_IDLE on each core, compiled into `build_dir` first (once)."""
+    Kernel-poll where every core has cpuidle's POLL state, /dev/cpu_dma_latency can be
+    written and `prefer_kernel_poll`, else a busy loop at SCHED_IDLE on each core, compiled
+    into `build_dir` first (once)."""
     if not enabled:
         yield []
         return
     wanted = list(dict.fromkeys(cores))
-    request = _request_zero_wakeup_latency() if prefer_kernel_poll else None
+    kernel_poll = prefer_kernel_poll and polling_idle_available(wanted)
+    request = _request_zero_wakeup_latency() if kernel_poll else None
     if request is not None:
         _QOS.append(request)
         _METHOD.append(KERNEL_POLL)

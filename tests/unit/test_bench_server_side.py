@@ -123,10 +123,38 @@ def _poll_entries(core: int) -> int | None:
     return None
 
 
+def test_polling_idle_is_found_in_cpuidle_states(tmp_path: Path) -> None:
+    for core, names in ((0, ["POLL", "C1"]), (1, ["C1"])):
+        for k, name in enumerate(names):
+            state = tmp_path / f"cpu{core}" / "cpuidle" / f"state{k}"
+            state.mkdir(parents=True)
+            (state / "name").write_text(name + "\n")
+    assert warm_cores.polling_idle_available([0], tmp_path)
+    assert not warm_cores.polling_idle_available([0, 1], tmp_path)  # core 1 has no POLL
+    assert not warm_cores.polling_idle_available([2], tmp_path)  # no cpuidle at all
+    assert not warm_cores.polling_idle_available([], tmp_path)
+
+
+def test_without_polling_idle_the_loops_keep_cores_warm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a kernel without a cpuidle driver halts idle cores whatever the latency request says
+    monkeypatch.setattr(warm_cores, "polling_idle_available", lambda cores: False)
+    core = sorted(os.sched_getaffinity(0))[0]
+    with warm_cores.keep_warm([core], tmp_path) as cores:
+        assert cores == [core]
+        assert warm_cores.method() == warm_cores.IDLE_LOOP
+        assert not warm_cores._QOS
+        assert warm_cores.warm_cores() == [core]
+    assert warm_cores.method() is None
+
+
 def test_kernel_poll_holds_a_zero_wakeup_latency_request_while_warm(tmp_path: Path) -> None:
     if not os.access(warm_cores.QOS_DEVICE, os.W_OK):
         pytest.skip(f"{warm_cores.QOS_DEVICE} cannot be written here (needs root)")
     core = sorted(os.sched_getaffinity(0))[0]
+    if not warm_cores.polling_idle_available([core]):
+        pytest.skip("no cpuidle POLL state on this kernel: idle cores halt whatever is asked")
     with warm_cores.keep_warm([core, core], tmp_path) as cores:
         assert cores == [core]
         assert warm_cores.method() == warm_cores.KERNEL_POLL
