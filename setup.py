@@ -10,6 +10,7 @@ setup(
             depends=[
                 "model_server/native/request_path.h",
                 "model_server/native/request_encode.h",
+                "model_server/native/request_scan.h",
                 "model_server/native/score_path.h",
             ],
             # Portable flags only: the same wheel must run on any arm64 / amd64 CPU, and no

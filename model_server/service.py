@@ -346,7 +346,11 @@ class FrameHandler:
     KNOWN_LISTS_LIMIT = 4096  # distinct bidder lists remembered; then the cache starts over
 
     def __init__(
-        self, service: ScoringService, stats: WorkerStats, max_frame_bytes: int = 1 << 20
+        self,
+        service: ScoringService,
+        stats: WorkerStats,
+        max_frame_bytes: int = 1 << 20,
+        select_fields: bool = True,
     ) -> None:
         self._service = service
         self._stats = stats
@@ -355,11 +359,13 @@ class FrameHandler:
             service.bidders, service.version, service.bidder_thresholds
         )
         self._known_lists: dict[bytes, tuple[list[int], ReplyTemplate]] = {}
-        self.score_path = self._native_score_path(max_frame_bytes)
+        self.score_path = self._native_score_path(max_frame_bytes, select_fields)
 
-    def _native_score_path(self, max_frame_bytes: int) -> ScorePath | None:
+    def _native_score_path(self, max_frame_bytes: int, select_fields: bool) -> ScorePath | None:
         """Known calls answered in one native step (`ScorePath.call(data, write)`), over the
-        same known lists, encoder and evaluator as `handle`; None where those are not native."""
+        same known lists, encoder and evaluator as `handle`; None where those are not native.
+        `select_fields`: decode only the request's fields the encoder reads (request_scan.h),
+        orjson only for what that parser leaves; False: orjson for every request."""
         parts = self._service.native_parts()
         if _ScorePath is None or parts is None:
             return None
@@ -374,6 +380,7 @@ class FrameHandler:
             parts.max_bidders,
             self._stats.latency.bounds,
             self._stats.bidders.bounds,
+            select=select_fields,
         )
 
     def fold_native_counts(self) -> None:

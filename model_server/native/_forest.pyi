@@ -7,6 +7,8 @@ TRANSFORM_IDENTITY: int
 TRANSFORM_SIGMOID: int
 PERFECT_MAX_DEPTH: int
 
+def select_request(data: bytes | bytearray | memoryview, /) -> dict[str, Any] | None: ...
+
 class Forest:
     def __init__(
         self,
@@ -78,6 +80,7 @@ class ScorePath:
         max_bidders: int,
         latency_bounds: Sequence[float],
         bidder_bounds: Sequence[float],
+        select: bool = True,
     ) -> None: ...
     def call(self, data: bytes, write: Callable[[bytes], object], /) -> bool: ...
     def take_counts(self) -> tuple[int, list[int], float, list[int], float]: ...

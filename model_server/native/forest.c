@@ -33,6 +33,7 @@
 
 #include "request_path.h"
 #include "request_encode.h"
+#include "request_scan.h"
 
 #define BLOCK 16              /* rows walked together through one tree */
 #define RELEASE_GIL_ROWS 64   /* below this, dropping the GIL costs more than it gives */
@@ -609,6 +610,7 @@ static PyTypeObject ForestType = {
 
 static PyMethodDef module_methods[] = {
     REQUEST_PATH_METHODS,
+    {"select_request", select_request, METH_O, select_request_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,11 +2,12 @@
  * A whole `score` call in one native step, for the calls the worker sees over and over:
  *
  *   ScorePath(encoder, forest, known, loads, clock, reply_head, max_frame, max_bidders,
- *             latency_bounds, bidder_bounds)
+ *             latency_bounds, bidder_bounds, select=True)
  *   path.call(data, write) -> bool
  *       `data` is what one read gave: if it is exactly one framed, plainly written `score` call
  *       whose bytes after the bid request are a key of `known` (model_server/service.py,
- *       FrameHandler), the request is decoded with `loads`, checked, encoded, scored, and the
+ *       FrameHandler), the request is decoded (with `select`, request_scan.h builds only what
+ *       is read and leaves what it does not take to `loads`), checked, encoded, scored, and the
  *       framed reply is passed to `write`; then its latency and bidder count are counted and
  *       the result is True. Anything else (another method, a new bidder list, invalid JSON, a
  *       request that fails a check, a Python error on the way) returns False having written and
@@ -52,6 +53,7 @@ typedef struct {
     ForestObject *forest;
     PyObject *known;
     PyObject *loads;
+    int select; /* build only the fields read (request_scan.h) before falling back to loads */
     PyObject *clock; /* None: the system's real-time clock, as time.time reads it */
     PyObject *reply_head;
     PyObject *layout_name;
@@ -251,12 +253,21 @@ static PyObject *sp_answer(ScorePathObject *self, PyObject *data, Py_ssize_t *n_
     if (!sp_read_layout(self, layout_bytes, &layout)) {
         goto done;
     }
-    PyObject *json = PyMemoryView_FromMemory((char *)frame + SP_PLAIN_START, json_len, PyBUF_READ);
-    if (json == NULL) {
+    /* only what is read is built (request_scan.h); what it leaves goes to `loads` (orjson) */
+    const int scanned =
+        self->select ? scan_request((const char *)frame + SP_PLAIN_START, json_len, &req) : 0;
+    if (scanned < 0) {
         goto done;
     }
-    req = PyObject_CallOneArg(self->loads, json);
-    Py_DECREF(json);
+    if (scanned == 0) {
+        PyObject *json =
+            PyMemoryView_FromMemory((char *)frame + SP_PLAIN_START, json_len, PyBUF_READ);
+        if (json == NULL) {
+            goto done;
+        }
+        req = PyObject_CallOneArg(self->loads, json);
+        Py_DECREF(json);
+    }
     if (req == NULL || !sp_valid_request(req)) {
         goto done;
     }
@@ -396,13 +407,14 @@ static void score_path_clear(ScorePathObject *self) {
 static int score_path_init(ScorePathObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"encoder",     "forest",         "known",         "loads",
                              "clock",       "reply_head",     "max_frame",     "max_bidders",
-                             "latency_bounds", "bidder_bounds", NULL};
+                             "latency_bounds", "bidder_bounds", "select", NULL};
     PyObject *encoder, *forest, *known, *loads, *clock, *reply_head, *latency, *bidder;
     Py_ssize_t max_frame, max_bidders;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OOO!nnOO", kwlist, &EncoderType, &encoder,
-                                     &ForestType, &forest, &PyDict_Type, &known, &loads, &clock,
-                                     &PyBytes_Type, &reply_head, &max_frame, &max_bidders,
-                                     &latency, &bidder)) {
+    int select = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OOO!nnOO|p", kwlist, &EncoderType,
+                                     &encoder, &ForestType, &forest, &PyDict_Type, &known, &loads,
+                                     &clock, &PyBytes_Type, &reply_head, &max_frame, &max_bidders,
+                                     &latency, &bidder, &select)) {
         return -1;
     }
     EncoderObject *e = (EncoderObject *)encoder;
@@ -449,6 +461,7 @@ static int score_path_init(ScorePathObject *self, PyObject *args, PyObject *kwds
     self->forest = f;
     self->known = known;
     self->loads = loads;
+    self->select = select;
     self->clock = clock;
     self->reply_head = reply_head;
     self->max_frame = max_frame;
