@@ -71,6 +71,7 @@ def request_path_speed(repeats: int) -> dict[str, float]:
 
     import orjson
 
+    from bench.workload import with_exchange_extras
     from model_server import thrift_contract as tc
     from model_server.artifact import load_artifact, write_artifact
     from model_server.fast_codec import encode_call
@@ -87,14 +88,24 @@ def request_path_speed(repeats: int) -> dict[str, float]:
         model = load_artifact(ref.path)
     service = ScoringService(model, make_predictor(model.booster, "native"), 64, 256)
     handler = FrameHandler(service, WorkerStats())
+    # the same path with orjson building every request whole (no field selection)
+    whole = FrameHandler(service, WorkerStats(), select_fields=False)
     gen = TrafficGenerator(seed=9, n_bidders=16)
-    framed = [
-        encode_call(tc.ModelServer, "score", i, bid_request=orjson.dumps(sr.request), bidders=[])
-        for i, sr in enumerate(gen.requests(500))
-    ]
+    requests = [sr.request for sr in gen.requests(500)]
+
+    def framing(reqs: list[dict[str, Any]]) -> list[bytes]:
+        return [
+            encode_call(tc.ModelServer, "score", i, bid_request=orjson.dumps(r), bidders=[])
+            for i, r in enumerate(reqs)
+        ]
+
+    framed = framing(requests)
+    # what an exchange's requests carry beside the model's fields (2-3 KB in all)
+    framed_extras = framing([with_exchange_extras(r, seed=i) for i, r in enumerate(requests)])
     frames = [f[4:] for f in framed]
     for frame in frames[:50]:
         handler.handle(frame)
+        whole.handle(frame)
     position = iter(range(1 << 62))
 
     def general() -> None:
@@ -103,27 +114,42 @@ def request_path_speed(repeats: int) -> dict[str, float]:
     def discard(reply: bytes) -> None:
         pass
 
-    path = handler.score_path
+    def native(on: FrameHandler, calls: list[bytes]) -> Callable[[], None]:
+        path = on.score_path
 
-    def native() -> None:  # the worker's usual call: remembered list, one native step
-        assert path is not None
-        if not path.call(framed[next(position) % len(framed)], discard):
-            raise RuntimeError("the native score path declined a benchmark call")
+        def call() -> None:  # the worker's usual call: remembered list, one native step
+            assert path is not None
+            if not path.call(calls[next(position) % len(calls)], discard):
+                raise RuntimeError("the native score path declined a benchmark call")
 
-    # Alternated, best of each: a burst of noise on this shared machine then hits both alike.
-    best = {"general": float("inf"), "native": float("inf")}
+        return call
+
+    timed: dict[str, Callable[[], None]] = {"general": general}
+    if handler.score_path is not None:
+        timed |= {
+            "native": native(handler, framed),
+            "native_whole_parse": native(whole, framed),
+            "extras_native": native(handler, framed_extras),
+            "extras_native_whole_parse": native(whole, framed_extras),
+        }
+    # Alternated, best of each: a burst of noise on this shared machine then hits all alike.
+    best = dict.fromkeys(timed, float("inf"))
     for _ in range(max(3, repeats)):
-        for name, fn in (("general", general), ("native", native)):
-            if name == "native" and path is None:
-                continue
+        for name, fn in timed.items():
             best[name] = min(best[name], _best_seconds(fn, len(frames), 1))
     seconds = best["general"]
     extra: dict[str, float] = {}
-    if path is not None:
+    if handler.score_path is not None:
         extra = {
             "native_us_per_request_16_bidders": best["native"] * 1e6,
             "native_requests_per_s": 1.0 / best["native"],
             "native_speedup": seconds / best["native"],
+            # field selection (request_scan.h) against orjson building the whole request
+            "native_whole_parse_us_per_request": best["native_whole_parse"] * 1e6,
+            "select_speedup": best["native_whole_parse"] / best["native"],
+            "extras_native_us_per_request": best["extras_native"] * 1e6,
+            "extras_native_whole_parse_us_per_request": best["extras_native_whole_parse"] * 1e6,
+            "extras_select_speedup": best["extras_native_whole_parse"] / best["extras_native"],
         }
     return {
         "us_per_request_16_bidders": seconds * 1e6,

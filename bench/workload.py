@@ -65,6 +65,62 @@ def make_workload(all_bidders: list[str], per_request: int, count: int, seed: in
     )
 
 
+def with_exchange_extras(request: dict[str, Any], seed: int) -> dict[str, Any]:
+    """`request` with what an exchange's requests carry beside the fields a model reads: a
+    supply chain, user ids and segments, consent, per-bidder `imp.ext` parameters, device and
+    request extensions, as a Prebid Server request has them (2-3 KB in all). The model reads
+    none of it; the parser still has to get through it."""
+    rng = random.Random(seed)
+    out: dict[str, Any] = orjson.loads(orjson.dumps(request))
+
+    def hexid(n: int) -> str:
+        return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+    nodes = [
+        {"asi": f"ssp{k}.example", "sid": str(rng.randrange(10**6)), "hp": 1, "rid": hexid(16)}
+        for k in range(rng.randint(1, 3))
+    ]
+    out["source"] = {"tid": hexid(32), "ext": {"schain": {"ver": "1.0", "complete": 1,
+                                                           "nodes": nodes}}}  # fmt: skip
+    user = out.setdefault("user", {})
+    user["ext"] = {
+        "consent": "CP" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(150)),
+        "eids": [
+            {"source": f"id{k}.example", "uids": [{"id": hexid(32), "atype": 1}]}
+            for k in range(rng.randint(2, 6))
+        ],
+    }
+    user["data"] = [
+        {
+            "id": f"dmp{k}",
+            "name": f"provider-{k}",
+            "segment": [{"id": str(rng.randrange(10**5))} for _ in range(rng.randint(5, 20))],
+        }
+        for k in range(rng.randint(1, 2))
+    ]
+    for imp in out.get("imp", []):
+        imp["tagid"] = f"div-gpt-ad-{rng.randrange(10**4)}-0"
+        imp["ext"] = {
+            "gpid": f"/{rng.randrange(10**5)}/home/top",
+            "prebid": {
+                "bidder": {
+                    f"bidder{k}": {"placementId": rng.randrange(10**7), "siteId": hexid(8)}
+                    for k in range(rng.randint(3, 8))
+                }
+            },
+        }
+    device = out.setdefault("device", {})
+    device["ext"] = {"atts": rng.randint(0, 3), "ifv": hexid(32)}
+    out["ext"] = {
+        "prebid": {
+            "channel": {"name": "web", "version": "9.1"},
+            "targeting": {"includewinners": True, "pricegranularity": "dense"},
+            "cache": {"bids": {}},
+        }
+    }
+    return out
+
+
 def thrift_frames(workload: Workload) -> list[bytes]:
     thrift = thrift_module()
     return [
