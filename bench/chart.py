@@ -16,8 +16,10 @@ from bench.measurements import load_point_key
 from bench.report import BenchReport
 from bench.summary import SYSTEM_LABELS, label
 
+#: one fixed color per system, the same in both panels and in every bidder group
 COLORS = {
     "echo": "#9e9e9e",
+    "echo-cold": "#80cbc4",
     "rtbserve": "#1565c0",
     "plain-thrift": "#ef6c00",
     "mlserver-rest": "#6a1b9a",

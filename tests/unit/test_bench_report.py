@@ -171,6 +171,15 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
     assert len(data) > 10_000
 
 
+def test_every_system_has_its_own_color() -> None:
+    from bench.chart import COLORS
+    from bench.summary import SYSTEM_LABELS
+
+    # without one, matplotlib's color cycle would paint a system differently in each group
+    assert set(SYSTEM_LABELS) <= set(COLORS)
+    assert len(set(COLORS.values())) == len(COLORS)
+
+
 def test_chart_copes_with_systems_without_figures(tmp_path: Path) -> None:
     from bench.chart import render_chart
 
