@@ -457,6 +457,41 @@ static int scan_skip(Scan *s);
 static int scan_build(Scan *s, PyObject **out);
 static int scan_select(Scan *s, const ScanSchema *schema, PyObject **out);
 
+/* A list at s->p: object items built by `items` (NULL: every item built whole). */
+static int scan_list(Scan *s, const ScanSchema *items, PyObject **out) {
+    *out = NULL;
+    if (++s->depth > SCAN_MAX_DEPTH) {
+        return 0;
+    }
+    s->p++; /* '[' */
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return -1;
+    }
+    if (!scan_take(s, ']')) {
+        do {
+            PyObject *item;
+            scan_ws(s);
+            int rc = items != NULL && s->p < s->end && *s->p == '{'
+                         ? scan_select(s, items, &item)
+                         : scan_build(s, &item);
+            if (rc <= 0 || (rc = PyList_Append(list, item) == 0 ? 1 : -1) <= 0) {
+                Py_XDECREF(item);
+                Py_DECREF(list);
+                return rc;
+            }
+            Py_DECREF(item);
+        } while (scan_take(s, ','));
+        if (!scan_take(s, ']')) {
+            Py_DECREF(list);
+            return 0;
+        }
+    }
+    s->depth--;
+    *out = list;
+    return 1;
+}
+
 /* Checks and passes over one value. */
 static int scan_skip(Scan *s) {
     scan_ws(s);
@@ -517,40 +552,14 @@ static int scan_build(Scan *s, PyObject **out) {
     }
     const unsigned char c = *s->p;
     const unsigned char *a, *b;
-    int escaped, rc;
+    int escaped;
     if (c == '"') {
         s->p++;
         SCAN_TRY(scan_string_raw(s, &a, &b, &escaped));
         return scan_make_string(s, a, b, escaped, out);
     }
     if (c == '[') {
-        if (++s->depth > SCAN_MAX_DEPTH) {
-            return 0;
-        }
-        s->p++;
-        PyObject *list = PyList_New(0);
-        if (list == NULL) {
-            return -1;
-        }
-        if (!scan_take(s, ']')) {
-            do {
-                PyObject *item;
-                rc = scan_build(s, &item);
-                if (rc <= 0 || (rc = PyList_Append(list, item) == 0 ? 1 : -1) <= 0) {
-                    Py_XDECREF(item);
-                    Py_DECREF(list);
-                    return rc;
-                }
-                Py_DECREF(item);
-            } while (scan_take(s, ','));
-            if (!scan_take(s, ']')) {
-                Py_DECREF(list);
-                return 0;
-            }
-        }
-        s->depth--;
-        *out = list;
-        return 1;
+        return scan_list(s, NULL, out);
     }
     if (c == '{') {
         return scan_select(s, NULL, out);
@@ -590,35 +599,7 @@ static int scan_value_as(Scan *s, const ScanField *f, PyObject **out) {
     if (f->kind != SCAN_LIST || *s->p != '[') {
         return scan_build(s, out);
     }
-    if (++s->depth > SCAN_MAX_DEPTH) {
-        return 0;
-    }
-    s->p++;
-    PyObject *list = PyList_New(0);
-    if (list == NULL) {
-        return -1;
-    }
-    if (!scan_take(s, ']')) {
-        do {
-            PyObject *item;
-            scan_ws(s);
-            int rc = s->p < s->end && *s->p == '{' ? scan_select(s, f->sub, &item)
-                                                   : scan_build(s, &item);
-            if (rc <= 0 || (rc = PyList_Append(list, item) == 0 ? 1 : -1) <= 0) {
-                Py_XDECREF(item);
-                Py_DECREF(list);
-                return rc;
-            }
-            Py_DECREF(item);
-        } while (scan_take(s, ','));
-        if (!scan_take(s, ']')) {
-            Py_DECREF(list);
-            return 0;
-        }
-    }
-    s->depth--;
-    *out = list;
-    return 1;
+    return scan_list(s, f->sub, out);
 }
 
 /* An object at s->p: every member built (schema NULL), or only the schema's fields. */
