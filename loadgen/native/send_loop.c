@@ -154,31 +154,22 @@ static void release_chunk(SendLoop *self) {
     self->k = self->n = 0;
 }
 
+/* The Python objects a SendLoop holds, for the garbage collector. */
+#define SL_OBJECTS(X)                                                                          \
+    X(worker) X(conns) X(frames) X(sec_lat) X(sec_sent) X(sec_late) X(sec_drop) X(completions) \
+    X(count_quality) X(backlog)
+
 static int SendLoop_traverse(SendLoop *self, visitproc visit, void *arg) {
-    Py_VISIT(self->worker);
-    Py_VISIT(self->conns);
-    Py_VISIT(self->frames);
-    Py_VISIT(self->sec_lat);
-    Py_VISIT(self->sec_sent);
-    Py_VISIT(self->sec_late);
-    Py_VISIT(self->sec_drop);
-    Py_VISIT(self->completions);
-    Py_VISIT(self->count_quality);
-    Py_VISIT(self->backlog);
+#define SL_VISIT(name) Py_VISIT(self->name);
+    SL_OBJECTS(SL_VISIT)
+#undef SL_VISIT
     return 0;
 }
 
 static int SendLoop_clear(SendLoop *self) {
-    Py_CLEAR(self->worker);
-    Py_CLEAR(self->conns);
-    Py_CLEAR(self->frames);
-    Py_CLEAR(self->sec_lat);
-    Py_CLEAR(self->sec_sent);
-    Py_CLEAR(self->sec_late);
-    Py_CLEAR(self->sec_drop);
-    Py_CLEAR(self->completions);
-    Py_CLEAR(self->count_quality);
-    Py_CLEAR(self->backlog);
+#define SL_CLEAR(name) Py_CLEAR(self->name);
+    SL_OBJECTS(SL_CLEAR)
+#undef SL_CLEAR
     return 0;
 }
 
@@ -428,6 +419,17 @@ static int call_worker(SendLoop *self, PyObject *method, PyObject *conn, PyObjec
     return 0;
 }
 
+/* Worker._on_socket_error(conn, code, now): 1 (Python changed the connections) or -1. */
+static int socket_error(SendLoop *self, Slot *s, int code) {
+    PyObject *number = PyLong_FromLong(code);
+    if (number == NULL) {
+        return -1;
+    }
+    int r = call_worker(self, str_on_socket_error, s->conn, number);
+    Py_DECREF(number);
+    return r < 0 ? -1 : 1;
+}
+
 /* Send what a connection has buffered. 1: Python changed the connections (socket error). */
 static int flush(SendLoop *self, Slot *s) {
     s->dirty = 0;
@@ -440,13 +442,7 @@ static int flush(SendLoop *self, Slot *s) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             n = 0;
         } else {
-            PyObject *code = PyLong_FromLong(errno);
-            if (code == NULL) {
-                return -1;
-            }
-            int r = call_worker(self, str_on_socket_error, s->conn, code);
-            Py_DECREF(code);
-            return r < 0 ? -1 : 1;
+            return socket_error(self, s, errno);
         }
     }
     if (n > 0 && PySequence_DelSlice(s->out, 0, n) < 0) {
@@ -767,13 +763,7 @@ static int on_readable(SendLoop *self, Slot *s, double now) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             return 0;
         }
-        PyObject *code = PyLong_FromLong(errno);
-        if (code == NULL) {
-            return -1;
-        }
-        int r = call_worker(self, str_on_socket_error, s->conn, code);
-        Py_DECREF(code);
-        return r < 0 ? -1 : 1;
+        return socket_error(self, s, errno);
     }
     if (n == 0) {
         return call_worker(self, str_on_eof, s->conn, NULL) < 0 ? -1 : 1;
