@@ -40,14 +40,14 @@ from loadgen.connections import (
     resolve,
 )
 from loadgen.exit_codes import ExitCode, LoadgenError
+from loadgen.recorder import Recorder
+from loadgen.records import SecondReport, Tick, WorkerResult
+from loadgen.schedule import RateSchedule
 
 try:
     from loadgen.native import _send_loop as native_loop
 except ImportError:  # built at install; without it the Python loop runs
     native_loop = None  # type: ignore[assignment]
-from loadgen.recorder import Recorder
-from loadgen.records import SecondReport, Tick, WorkerResult
-from loadgen.schedule import RateSchedule
 
 _RECV_BYTES = 1 << 18
 _MAX_FRAME = 64 << 20
@@ -173,6 +173,8 @@ class Worker:
         self.retried_seqs: set[int] = set()
         self.interrupted = False
         self.next_index = 0  # first request not yet due when the run stopped
+        #: the loop that runs: native unless asked for python or the C part is not built
+        self.engine = "python" if self.opts.engine == "python" or native_loop is None else "native"
         self.next_record = 0.0
 
     # ---- connections -------------------------------------------------------------------
@@ -487,8 +489,8 @@ class Worker:
         if plan.warmup_requests:
             rec.warm = float(plan.schedule.times(np.array([plan.warmup_requests]))[0])
         due = _Due(plan)
-        # the native loop reads the clock itself: CLOCK_MONOTONIC, which is perf_counter's
-        native = self.engine == "native" and clock is time.perf_counter
+        if clock is not time.perf_counter:  # the native loop reads CLOCK_MONOTONIC itself
+            self.engine = "python"
         if native_loop is not None:
             native_loop.set_timer_slack(_TIMER_SLACK_NS)
         t0 = clock() + (start_wall - time.time())
@@ -498,7 +500,7 @@ class Worker:
         try:
             while clock() < t0 - 0.002:
                 time.sleep(min(0.05, max(0.0, t0 - clock() - 0.002)))
-            if native:
+            if self.engine == "native":
                 self._run_native(due, t0)
             else:
                 self._run_python(due, t0, clock)
@@ -512,13 +514,6 @@ class Worker:
         for report in rec.closed_seconds(math.inf, plan.worker):
             self.sink.second(report)
         return self._result()
-
-    @property
-    def engine(self) -> str:
-        """The loop that runs: "native" unless asked for "python" or the C part is missing."""
-        if self.opts.engine == "python" or native_loop is None:
-            return "python"
-        return "native"
 
     def _housekeeping_due(
         self, now: float, all_due_sent: bool, next_tick: float

@@ -277,3 +277,15 @@ def test_a_loop_far_behind_still_reads_replies(
     )
     result = _run(worker)
     assert result.ok > 10 * 2 * SEND_BATCH  # far more than the connections hold at once
+
+
+def test_a_clock_of_its_own_runs_the_python_loop_and_says_so(
+    scripted: Callable[..., ScriptedServer], pool: EncodedPool
+) -> None:
+    # the native loop reads CLOCK_MONOTONIC itself, so only the Python loop can use another
+    server = scripted(lambda call, seq: success(seq))
+    worker = _worker(server, pool, RateSchedule.fixed(200, 0.5), "native")
+    started = time.monotonic()
+    result = worker.run(time.time() + 0.05, clock=lambda: time.monotonic() - started)
+    assert result.engine == "python"
+    assert result.ok == result.scheduled == 100
