@@ -377,6 +377,9 @@ static int snapshot(SendLoop *self) {
             }
             s->inflight = inflight;
             s->out = out;
+            /* bytes left from a call cut short (an exception) go out first; a connection
+               waiting for EPOLLOUT is flushed when that comes */
+            s->dirty = !s->writing && PyByteArray_GET_SIZE(out) > 0;
         }
     }
     if (max_fd >= self->fd_cap) {
@@ -917,23 +920,7 @@ error:
     if (!PyErr_Occurred()) {
         PyErr_SetString(PyExc_SystemError, "send loop failed without an exception");
     }
-    {
-        /* keep what is buffered: Python's loop flushes it if it carries on */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        for (Py_ssize_t i = 0; i < self->nslots; i++) {
-            if (self->slots[i].dirty && self->slots[i].up) {
-                self->slots[i].dirty = 0;
-                ssize_t n = send(self->slots[i].fd, PyByteArray_AS_STRING(self->slots[i].out),
-                                 (size_t)PyByteArray_GET_SIZE(self->slots[i].out), MSG_NOSIGNAL);
-                if (n > 0 && PySequence_DelSlice(self->slots[i].out, 0, n) < 0) {
-                    PyErr_Clear();
-                }
-            }
-        }
-        PyErr_Restore(type, value, tb);
-    }
-    return NULL;
+    return NULL; /* what was appended and not sent goes out on the next call */
 }
 
 static PyObject *SendLoop_next_request(SendLoop *self, PyObject *Py_UNUSED(ignored)) {
