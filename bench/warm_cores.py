@@ -9,12 +9,12 @@ Two ways to keep a core from halting, the first preferred:
 
 - kernel-poll: a PM QoS request for a CPU wake-up latency of 0 µs (`/dev/cpu_dma_latency`, held
   open for the duration; needs root): cpuidle then only picks its POLL state, so an idle core
-  spins inside the kernel's idle task. That needs a cpuidle driver with a POLL state: without
-  one (`/sys/devices/system/cpu/cpuidle/current_driver` reads "none", as on some VM kernels)
-  the idle task halts whatever the request says, so the request is only made where every core
-  has the state. A wake-up is then a flag the polling core sees, with no
+  spins inside the kernel's idle task. A wake-up is then a flag the polling core sees, with no
   inter-processor interrupt and no switch away from another process. This is the low-latency
-  setting production hosts use (tuned's latency-performance profile does the same).
+  setting production hosts use (tuned's latency-performance profile does the same). It needs
+  a cpuidle driver with a POLL state: without one (`/sys/devices/system/cpu/cpuidle/
+  current_driver` reads "none", as on some VM kernels) the idle task halts whatever the
+  request says, so the request is only made where every core has the state.
 - idle-loop: where kernel-poll cannot be had, a SCHED_IDLE task pinned to each core runs the
   CPU's spin-wait hint (`idle_loop/idle_loop.c`). It only runs when nothing else wants the core
   and is preempted the moment the server or load generator wakes, but every wake-up is then an
