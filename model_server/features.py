@@ -478,6 +478,70 @@ def _decode_f32(d: Mapping[str, Any]) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(arr)
 
 
+def key_columns(
+    requests: Sequence[Mapping[str, Any]], nows: Sequence[float]
+) -> list[tuple[str | None, ...]]:
+    """The categorical values of many requests, one column per key (KEY_NAMES order)."""
+    columns = list(
+        zip(*(_extract(r, t)[1] for r, t in zip(requests, nows, strict=True)), strict=True)
+    )
+    return columns or [() for _ in KEY_NAMES]
+
+
+@dataclass
+class VocabularyCounts:
+    """How often each categorical value occurs, per key: the first pass of `fit`.
+
+    Counts of disjoint sets of requests add (`+`) to the counts of their union, and the
+    vocabularies depend only on the counts, so any partitioning of the data fits the same.
+    """
+
+    counts: dict[str, Counter[str]]
+
+    @classmethod
+    def of_columns(cls, columns: Sequence[Sequence[str | None]]) -> VocabularyCounts:
+        # None (a missing value) gets no code, so it is not counted.
+        return cls(
+            {k: Counter(v for v in columns[i] if v is not None) for i, k in enumerate(KEY_NAMES)}
+        )
+
+    def __add__(self, other: VocabularyCounts) -> VocabularyCounts:
+        return VocabularyCounts({k: self.counts[k] + other.counts[k] for k in KEY_NAMES})
+
+    def pipeline(
+        self,
+        bidders: Sequence[str],
+        specs: Mapping[str, KeySpec] | None = None,
+        min_count: int = 5,
+        smoothing: float = 20.0,
+    ) -> FeaturePipeline:
+        """A pipeline with these counts' vocabularies and no rate tables yet (`with_rates`)."""
+        spec_map = dict(specs or DEFAULT_KEYS)
+        vocabs = {
+            k: Vocabulary.from_counts(self.counts[k], spec_map[k], min_count) for k in KEY_NAMES
+        }
+        return FeaturePipeline(bidders, vocabs, specs=spec_map, smoothing=smoothing)
+
+
+@dataclass
+class RateCounts:
+    """Offers and bids per bidder (`offered`, `won`) and per cross-rate slot (`seen`, `bid`):
+    the second pass of `fit`. Integers, so partitions' counts add exactly in any order."""
+
+    offered: npt.NDArray[np.int64]
+    won: npt.NDArray[np.int64]
+    seen: npt.NDArray[np.int64]
+    bid: npt.NDArray[np.int64]
+
+    def __add__(self, other: RateCounts) -> RateCounts:
+        return RateCounts(
+            self.offered + other.offered,
+            self.won + other.won,
+            self.seen + other.seen,
+            self.bid + other.bid,
+        )
+
+
 class FeaturePipeline:
     """Turns bid requests into float32 rows; build with `fit`, persist with `to_dict`."""
 
@@ -753,24 +817,18 @@ class FeaturePipeline:
 
         `bids[i]` is who bid on request i among `candidates[i]` (default: every bidder);
         `nows[i]` is its timestamp (default: the clock). Without `bids` the rate features are 0.
+        The fit is two sums of counts (`VocabularyCounts`, then `RateCounts`), so a fit over
+        partitions whose counts are added (`model_server.dask_training`) is this one exactly.
         """
         reqs = list(requests)
         times = list(nows) if nows is not None else [time.time()] * len(reqs)
         if len(times) != len(reqs):
             raise ValueError("nows must have one timestamp per request")
         spec_map = dict(specs or DEFAULT_KEYS)
-        # One column of categorical values per key, so counting and coding run per key.
-        columns = list(
-            zip(*(_extract(r, t)[1] for r, t in zip(reqs, times, strict=True)), strict=True)
+        columns = key_columns(reqs, times)
+        pipe = VocabularyCounts.of_columns(columns).pipeline(
+            bidders, spec_map, min_count, smoothing
         )
-        if not columns:
-            columns = [() for _ in KEY_NAMES]
-        vocabs = {}
-        for i, k in enumerate(KEY_NAMES):
-            counts = Counter(columns[i])
-            counts.pop(None, None)
-            vocabs[k] = Vocabulary.from_counts(counts, spec_map[k], min_count)
-        pipe = cls(bidders, vocabs, specs=spec_map, smoothing=smoothing)
         if bids is None:
             return pipe
         bid_list = list(bids)
@@ -779,36 +837,60 @@ class FeaturePipeline:
         cand_list = list(candidates) if candidates is not None else None
         if cand_list is not None and len(cand_list) != len(reqs):
             raise ValueError("candidates must have one entry per request")
-        n_b = len(pipe.bidders)
-        offered = np.zeros((len(reqs), n_b), dtype=np.float64)
-        if cand_list is None:
-            offered[:] = 1.0
+        return pipe.with_rates(pipe.rate_counts(columns, bid_list, cand_list))
+
+    def rate_counts(
+        self,
+        columns: Sequence[Sequence[str | None]],
+        bids: Sequence[Collection[str]],
+        candidates: Sequence[Sequence[str]] | None,
+    ) -> RateCounts:
+        """Offers and bids per bidder, overall and per cross-rate slot, of these requests.
+
+        `columns` is `key_columns` of the requests; a bid from a bidder that was not offered the
+        request is ignored.
+        """
+        n_req = len(bids)
+        n_b = len(self.bidders)
+        offered = np.zeros((n_req, n_b), dtype=np.int64)
+        if candidates is None:
+            offered[:] = 1
         else:
-            offered[pipe._pair_index(cand_list)] = 1.0
-        won = np.zeros((len(reqs), n_b), dtype=np.float64)
-        won[pipe._pair_index(bid_list)] = 1.0
-        won *= offered  # a bid from a bidder that was not offered the request is ignored
-        n_off = offered.sum(axis=0)
-        prior = np.divide(won.sum(axis=0), n_off, out=np.zeros(n_b), where=n_off > 0)
-        # Slots a bidder was never offered in training keep the bidder's overall rate.
-        table = np.repeat(prior[:, None], pipe._n_slots, axis=1)
-        for i in pipe._cross_keys:
-            slots = np.array(pipe._column_slots(i, columns[i]), dtype=np.intp)
-            # Counts per (slot, bidder) in one bincount over slot * n_b + bidder.
+            offered[self._pair_index(candidates)] = 1
+        won = np.zeros((n_req, n_b), dtype=np.int64)
+        won[self._pair_index(bids)] = 1
+        won *= offered
+        seen = np.zeros((n_b, self._n_slots), dtype=np.int64)
+        bid = np.zeros((n_b, self._n_slots), dtype=np.int64)
+        size = self._n_slots * n_b
+        for i in self._cross_keys:
+            slots = np.array(self._column_slots(i, columns[i]), dtype=np.intp)
+            # Counts per (slot, bidder) in one bincount over slot * n_b + bidder; each cross
+            # key owns its own slots, so the keys' counts add into one table.
             flat = (slots[:, None] * n_b + np.arange(n_b)).ravel()
-            size = pipe._n_slots * n_b
-            n_seen = np.bincount(flat, offered.ravel(), size).reshape(pipe._n_slots, n_b).T
-            n_bid = np.bincount(flat, won.ravel(), size).reshape(pipe._n_slots, n_b).T
-            mask = n_seen > 0
-            smoothed = (n_bid + smoothing * prior[:, None]) / (n_seen + smoothing)
-            table[mask] = smoothed[mask]
-        return cls(
-            bidders,
-            vocabs,
-            specs=spec_map,
+            seen += np.bincount(flat, offered.ravel(), size).astype(np.int64).reshape(-1, n_b).T
+            bid += np.bincount(flat, won.ravel(), size).astype(np.int64).reshape(-1, n_b).T
+        return RateCounts(offered.sum(axis=0), won.sum(axis=0), seen, bid)
+
+    def with_rates(self, counts: RateCounts) -> FeaturePipeline:
+        """This pipeline with the smoothed bid-rate tables of `counts` (see `rate_counts`)."""
+        n_b = len(self.bidders)
+        if counts.seen.shape != (n_b, self._n_slots):
+            raise ValueError(f"rate counts of shape {counts.seen.shape} do not fit this pipeline")
+        n_off = counts.offered.astype(np.float64)
+        prior = np.divide(counts.won, n_off, out=np.zeros(n_b), where=n_off > 0)
+        # Slots a bidder was never offered in training keep the bidder's overall rate.
+        table = np.repeat(prior[:, None], self._n_slots, axis=1)
+        mask = counts.seen > 0
+        smoothed = (counts.bid + self.smoothing * prior[:, None]) / (counts.seen + self.smoothing)
+        table[mask] = smoothed[mask]
+        return FeaturePipeline(
+            self.bidders,
+            self.vocabularies,
+            specs=self.specs,
             bidder_rates=prior.astype(np.float32),
             cross_rates=table.astype(np.float32),
-            smoothing=smoothing,
+            smoothing=self.smoothing,
         )
 
     def _pair_index(

@@ -2,6 +2,7 @@
 
 rtbserve train --synthetic 200000 --seed 1 --out ./model
 rtbserve train --data s3://bucket/bids/day1.jsonl.gz --out ./model --upload s3://models/rtb/
+rtbserve train --dask tcp://scheduler:8786 --data 's3://logs/2026-12-0*/*.jsonl.gz' --out ./model
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from model_server.artifact import ArtifactError, default_version, write_artifact
+from model_server.data_sources import expand_sources, read_source
 from model_server.training import (
     Example,
     Progress,
     TrainConfig,
     TrainingDataError,
+    TrainResult,
     paused_gc,
-    read_examples,
     synthetic_examples,
     train,
 )
@@ -102,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         nargs="+",
         metavar="PATH",
-        help="JSONL training data (.jsonl or .jsonl.gz; local or s3://), see docs/training-data.md",
+        help="training data files or globs (.jsonl, .jsonl.gz or .parquet; local or s3://), "
+        "see docs/training-data.md",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (data generation, split)")
     p.add_argument("--bidders", type=int, default=16, help="synthetic DSPs (with --synthetic)")
@@ -127,8 +130,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=_DEFAULTS.negative_rate,
         help="share of non-bid training pairs kept, weighted up (1: all; default: %(default)s)",
     )
+    p.add_argument(
+        "--bidder-negative-rate",
+        action="append",
+        default=[],
+        metavar="BIDDER=RATE",
+        help="share of one bidder's non-bid pairs kept, in place of --negative-rate (repeatable)",
+    )
     p.add_argument("--threads", type=int, default=0, help="training threads (0: all)")
+    dask = p.add_argument_group("distributed training (the 'dask' extra)")
+    dask.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="train on a Dask cluster: a scheduler address (tcp://host:8786) or local[:N] for "
+        "N local worker processes; each --data file is one partition",
+    )
+    dask.add_argument(
+        "--dask-memory-limit",
+        default="auto",
+        metavar="SIZE",
+        help="memory limit of each local:N worker, e.g. 2GiB (default: %(default)s)",
+    )
     return p
+
+
+def _bidder_rates(items: Sequence[str]) -> tuple[tuple[str, float], ...]:
+    out = []
+    for item in items:
+        name, sep, rate = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out.append((name, float(rate)))
+        except ValueError:
+            raise ValueError(f"--bidder-negative-rate {item!r}: expected BIDDER=RATE") from None
+    return tuple(out)
 
 
 def _summary(console: Console, metrics: dict[str, Any], thresholds: dict[str, float]) -> None:
@@ -161,6 +197,40 @@ def _summary(console: Console, metrics: dict[str, Any], thresholds: dict[str, fl
     console.print(table)
 
 
+def _read_all(args: argparse.Namespace, reporter: Progress) -> list[Example]:
+    if args.synthetic is not None:
+        return synthetic_examples(args.synthetic, args.seed, args.bidders, reporter)
+    examples: list[Example] = []
+    for source in expand_sources(args.data):
+        reporter.start(f"reading {source}")
+        before = len(examples)
+        with paused_gc():
+            examples.extend(read_source(source))
+        reporter.done(f"{len(examples) - before} examples")
+    return examples
+
+
+def _train_on_dask(
+    args: argparse.Namespace, config: TrainConfig, reporter: Progress, err: Console
+) -> TrainResult:
+    try:
+        from model_server.dask_training import dask_client, train_distributed, worker_peak_memory
+    except ImportError as exc:
+        raise ValueError(
+            f"--dask needs the 'dask' extra (pip install 'rtbserve[dask]'): {exc}"
+        ) from None
+    sources = expand_sources(args.data)
+    with dask_client(args.dask, args.dask_memory_limit) as client:
+        result = train_distributed(client, sources, config, reporter)
+        peaks = worker_peak_memory(client)
+    result.metrics["dask"]["peak_memory_mib"] = {
+        addr: round(b / 2**20, 1) for addr, b in sorted(peaks.items())
+    }
+    for addr, b in sorted(peaks.items()):
+        err.print(f"worker {addr}: peak memory {b / 2**20:.0f} MiB", highlight=False)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     err = Console(stderr=True)
@@ -176,7 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             max_bin=args.max_bin,
             negative_rate=args.negative_rate,
+            bidder_negative_rates=_bidder_rates(args.bidder_negative_rate),
         )
+        if args.dask and args.synthetic is not None:
+            raise ValueError("--dask trains on --data files")
     except ValueError as exc:
         err.print(f"rtbserve train: {exc}")
         return 2
@@ -191,18 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rich_reporter is not None:
             rich_reporter.__enter__()
         try:
-            examples: list[Example]
-            if args.synthetic is not None:
-                examples = synthetic_examples(args.synthetic, args.seed, args.bidders, reporter)
+            if args.dask:
+                result = _train_on_dask(args, config, reporter, err)
             else:
-                examples = []
-                for source in args.data:
-                    reporter.start(f"reading {source}")
-                    before = len(examples)
-                    with paused_gc():
-                        examples.extend(read_examples(source))
-                    reporter.done(f"{len(examples) - before} examples")
-            result = train(examples, config, reporter)
+                result = train(_read_all(args, reporter), config, reporter)
             reporter.start(f"writing artifact to {args.out}")
             ref = write_artifact(
                 args.out,

@@ -6,7 +6,8 @@
     result = train(examples, TrainConfig(trees=60, max_depth=6), progress=None)
     result.booster, result.pipeline, result.thresholds, result.metrics, result.params
 
-The split is by request (a request's bidder rows all land on one side). Per-bidder thresholds
+The split is by request (a request's bidder rows all land on one side, chosen from the request
+id and the seed alone, so a distributed run splits the same way). Per-bidder thresholds
 are the highest that keep at least `recall` of the held-out true bids (docs/training-data.md);
 the metrics report AUC, the recall reached and the share of request-bidder pairs filtered out.
 """
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import gc
 import gzip
+import hashlib
 import io
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +69,9 @@ class TrainConfig:
     # Share of non-bid training pairs kept (weighted up by 1/rate so probabilities stay
     # calibrated): bids are rare, so this cuts training rows and time several-fold.
     negative_rate: float = 0.3
+    # Per-bidder shares in place of negative_rate, e.g. (("dsp-01", 0.05),): a bidder that
+    # rarely bids can keep far fewer of its non-bids than one that often does.
+    bidder_negative_rates: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.trees < 1 or self.max_depth < 1:
@@ -79,6 +84,14 @@ class TrainConfig:
             raise ValueError("test_fraction must be in (0, 1)")
         if not 0.0 < self.negative_rate <= 1.0:
             raise ValueError("negative_rate must be in (0, 1]")
+        for bidder, rate in self.bidder_negative_rates:
+            if not 0.0 < rate <= 1.0:
+                raise ValueError(f"negative rate of {bidder} must be in (0, 1]")
+
+    def negative_rates(self, bidders: Sequence[str]) -> npt.NDArray[np.float64]:
+        """The share of non-bid pairs kept for each of `bidders` (the model's order)."""
+        own = dict(self.bidder_negative_rates)
+        return np.array([own.get(b, self.negative_rate) for b in bidders], dtype=np.float64)
 
 
 @dataclass
@@ -187,6 +200,11 @@ def parse_example(line: bytes | str, where: str = "line") -> Example:
         raise TrainingDataError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise TrainingDataError(f"{where}: each line must be a JSON object")
+    return example_from_object(obj, where)
+
+
+def example_from_object(obj: dict[str, Any], where: str) -> Example:
+    """A decoded record (JSONL line, Parquet row) -> Example; TrainingDataError names `where`."""
     if "request" not in obj:
         raise TrainingDataError(f"{where}: missing 'request'")
     try:
@@ -269,6 +287,25 @@ def logloss(p: npt.NDArray[np.float64], y: npt.NDArray[np.bool_]) -> float:
 
 
 # ---- training -------------------------------------------------------------------------------
+def is_held_out(example: Example, seed: int, test_fraction: float) -> bool:
+    """Whether `example` is in the held-out split: a hash of its request id and the seed, so
+    every process (and every partition of a distributed run) splits the same requests."""
+    rid = example.request.get("id", "")
+    digest = hashlib.blake2b(f"{seed}:{rid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < test_fraction * 2.0**64
+
+
+def split_examples(
+    examples: Iterable[Example], seed: int, test_fraction: float
+) -> tuple[list[Example], list[Example]]:
+    """(train, held-out), each in the input's order."""
+    train_set: list[Example] = []
+    test: list[Example] = []
+    for e in examples:
+        (test if is_held_out(e, seed, test_fraction) else train_set).append(e)
+    return train_set, test
+
+
 class _IterationProgress(xgboost.callback.TrainingCallback):
     def __init__(self, progress: Progress) -> None:
         super().__init__()
@@ -297,18 +334,53 @@ def _design(
 
 
 def sample_negatives(
-    examples: Sequence[Example], rate: float, rng: np.random.Generator
+    examples: Sequence[Example], rate: float | Mapping[str, float], rng: np.random.Generator
 ) -> list[Example]:
-    """Each example keeps all its bidders that bid and each other bidder with probability rate."""
-    if rate >= 1.0:
-        return list(examples)
+    """Each example keeps all its bidders that bid and each other bidder with probability rate
+    (one rate, or a rate per bidder name)."""
+    if isinstance(rate, float | int):
+        if rate >= 1.0:
+            return list(examples)
+        rates: Mapping[str, float] = _Constant(float(rate))
+    else:
+        rates = rate
     out = []
     for e in examples:
-        keep = rng.random(len(e.bidders)) < rate
-        bidders = tuple(b for b, k in zip(e.bidders, keep, strict=True) if k or b in e.bids)
+        draws = rng.random(len(e.bidders))
+        bidders = tuple(
+            b for b, u in zip(e.bidders, draws, strict=True) if b in e.bids or u < rates[b]
+        )
         if bidders:
             out.append(Example(e.request, bidders, e.bids, e.ts))
     return out
+
+
+class _Constant(dict[str, float]):
+    """A rate for every bidder name."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def __missing__(self, key: str) -> float:
+        return self.value
+
+
+def sampled_design(
+    pipeline: FeaturePipeline,
+    examples: Sequence[Example],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    default_now: float = 0.0,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Training rows of `examples` after negative sampling: features, labels and the weights
+    (1 for bids, 1/rate for the non-bids kept) that keep predicted probabilities calibrated."""
+    rates = cfg.negative_rates(pipeline.bidders)
+    by_name = dict(zip(pipeline.bidders, rates.tolist(), strict=True))
+    sampled = sample_negatives(examples, by_name, rng) if (rates < 1.0).any() else examples
+    x, y, who = _design(pipeline, sampled, default_now)
+    weights = np.where(y > 0, 1.0, 1.0 / rates[who]).astype(np.float32)
+    return x, y, weights
 
 
 def train(
@@ -329,10 +401,12 @@ def _train(
     started = time.perf_counter()
     bidders = sorted({b for e in examples for b in e.bidders})
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(examples))
-    n_test = max(1, round(len(examples) * cfg.test_fraction))
-    test = [examples[i] for i in np.sort(order[:n_test])]
-    train_set = [examples[i] for i in np.sort(order[n_test:])]
+    train_set, test = split_examples(examples, cfg.seed, cfg.test_fraction)
+    if not train_set or not test:
+        raise ValueError(
+            f"the split by request id left {len(train_set)} training and {len(test)} held-out "
+            "requests; use more data or another --test-fraction"
+        )
     # Examples without a timestamp share one fixed time: their time features carry no signal.
     no_ts = 0.0
 
@@ -346,25 +420,13 @@ def _train(
     )
     prog.done()
     prog.start("building feature rows")
-    sampled = sample_negatives(train_set, cfg.negative_rate, rng)
-    x_train, y_train, _ = _design(pipeline, sampled, no_ts)
-    weights = np.where(y_train > 0, 1.0, 1.0 / cfg.negative_rate).astype(np.float32)
+    x_train, y_train, weights = sampled_design(pipeline, train_set, cfg, rng, no_ts)
     x_test, y_test, who_test = _design(pipeline, test, no_ts)
     prog.done(
         f"{len(x_train)} train / {len(x_test)} held-out pairs, {pipeline.n_features} features"
     )
 
-    params: dict[str, Any] = {
-        "objective": "binary:logistic",
-        "tree_method": "hist",
-        "max_depth": cfg.max_depth,
-        "eta": cfg.eta,
-        "max_bin": cfg.max_bin,
-        "min_child_weight": cfg.min_child_weight,
-        "eval_metric": "logloss",
-        "seed": cfg.seed,
-        "nthread": cfg.threads,
-    }
+    params = booster_params(cfg)
     dtrain = xgboost.QuantileDMatrix(x_train, label=y_train, weight=weights, max_bin=cfg.max_bin)
     del x_train
     prog.start(f"training {cfg.trees} trees (max_depth {cfg.max_depth})", cfg.trees)
@@ -378,13 +440,62 @@ def _train(
 
     prog.start("evaluating on held-out requests")
     p = np.asarray(booster.inplace_predict(x_test), dtype=np.float64)
-    y = y_test.astype(bool)
+    thresholds, metrics = evaluate(pipeline.bidders, p, y_test.astype(bool), who_test, cfg.recall)
+    prog.done()
+    metrics |= {
+        "requests_train": len(train_set),
+        "requests_test": len(test),
+        "pairs_train": sum(len(e.bidders) for e in train_set),
+        "pairs_train_sampled": len(y_train),
+        "pairs_test": len(y_test),
+        "fit_seconds": round(fit_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+    }
+    return finish(booster, pipeline, thresholds, metrics=metrics, params=params, cfg=cfg)
+
+
+def booster_params(cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "max_depth": cfg.max_depth,
+        "eta": cfg.eta,
+        "max_bin": cfg.max_bin,
+        "min_child_weight": cfg.min_child_weight,
+        "eval_metric": "logloss",
+        "seed": cfg.seed,
+        "nthread": cfg.threads,
+    }
+
+
+def finish(
+    booster: xgboost.Booster,
+    pipeline: FeaturePipeline,
+    thresholds: dict[str, float],
+    *,
+    metrics: dict[str, Any],
+    params: dict[str, Any],
+    cfg: TrainConfig,
+) -> TrainResult:
+    booster.feature_names = pipeline.feature_names
+    params_out = {**params, "trees": cfg.trees, **{"config": asdict(cfg)}}
+    return TrainResult(booster, pipeline, thresholds, metrics, params_out)
+
+
+def evaluate(
+    bidders: Sequence[str],
+    p: npt.NDArray[np.float64],
+    y: npt.NDArray[np.bool_],
+    who: npt.NDArray[np.intp],
+    recall: float,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-bidder thresholds keeping `recall` of the held-out bids, and the held-out metrics."""
     thresholds: dict[str, float] = {}
     per_bidder: dict[str, Any] = {}
     kept = np.zeros(len(p), dtype=bool)
-    for i, b in enumerate(pipeline.bidders):
-        m = who_test == i
-        thr = recall_threshold(p[m], y[m], cfg.recall)
+    for i, b in enumerate(bidders):
+        m = who == i
+        thr = recall_threshold(p[m], y[m], recall)
         thresholds[b] = thr
         fwd = p[m] >= thr
         kept[m] = fwd
@@ -398,24 +509,14 @@ def _train(
             "recall": float(fwd[y[m]].mean()) if n_pos else None,
             "filter_rate": float(1.0 - fwd.mean()) if m.any() else 0.0,
         }
-    prog.done()
     metrics: dict[str, Any] = {
         "auc": auc(p, y),
         "logloss": logloss(p, y),
-        "target_recall": cfg.recall,
+        "target_recall": recall,
         "recall": float(kept[y].mean()) if y.any() else None,
         "filter_rate": float(1.0 - kept.mean()),
         "bid_rate": float(y.mean()),
         "mean_probability": float(p.mean()),
-        "requests_train": len(train_set),
-        "requests_test": len(test),
-        "pairs_train": sum(len(e.bidders) for e in train_set),
-        "pairs_train_sampled": len(y_train),
-        "pairs_test": len(y_test),
-        "fit_seconds": round(fit_seconds, 3),
-        "total_seconds": round(time.perf_counter() - started, 3),
         "per_bidder": per_bidder,
     }
-    booster.feature_names = pipeline.feature_names
-    params_out = {**params, "trees": cfg.trees, **{"config": asdict(cfg)}}
-    return TrainResult(booster, pipeline, thresholds, metrics, params_out)
+    return thresholds, metrics

@@ -20,10 +20,12 @@ from model_server.training import (
     TrainingDataError,
     TrainResult,
     auc,
+    is_held_out,
     parse_example,
     read_examples,
     recall_threshold,
     sample_negatives,
+    split_examples,
     synthetic_examples,
     train,
     write_examples,
@@ -77,7 +79,9 @@ def test_training_learns_and_thresholds_keep_99_percent(
     assert m["auc"] > 0.75
     assert m["recall"] >= 0.99
     assert 0.05 < m["filter_rate"] < 1.0
-    assert m["requests_test"] == 800
+    held_out = sum(is_held_out(e, 3, 0.2) for e in examples)
+    assert m["requests_test"] == held_out
+    assert 700 < held_out < 900  # the hash split holds out about test_fraction of requests
     assert set(result.thresholds) == set(result.pipeline.bidders) == set(m["per_bidder"])
     for b, pb in m["per_bidder"].items():
         assert pb["auc"] is None or pb["auc"] > 0.6, b
@@ -88,12 +92,10 @@ def test_thresholds_hold_when_recomputed_from_the_booster(
     examples: list[Example], result: TrainResult
 ) -> None:
     # Re-create the held-out split and score it through the serving path (rows + booster).
-    rng = np.random.default_rng(3)
-    test_idx = np.sort(rng.permutation(len(examples))[:800])
+    _, test = split_examples(examples, 3, 0.2)
     pipe, booster = result.pipeline, result.booster
     rows, bid, thresholds = [], [], []
-    for i in test_idx:
-        ex = examples[i]
+    for ex in test:
         rows.append(pipe.rows(ex.request, pipe.bidder_indices(list(ex.bidders)), ex.ts))
         bid += [b in ex.bids for b in ex.bidders]
         thresholds += [result.thresholds[b] for b in ex.bidders]
@@ -133,6 +135,45 @@ def test_negative_sampling_keeps_probabilities_calibrated(
     assert result.metrics["pairs_train_sampled"] < 0.5 * result.metrics["pairs_train"]
     assert full.metrics["pairs_train_sampled"] == full.metrics["pairs_train"]
     assert abs(result.metrics["auc"] - full.metrics["auc"]) < 0.02
+
+
+def held_out_mean_probability(result: TrainResult, test: list[Example], bidder: str) -> float:
+    pipe = result.pipeline
+    rows = [pipe.rows(e.request, pipe.bidder_indices([bidder]), e.ts) for e in test]
+    return float(np.mean(result.booster.inplace_predict(np.concatenate(rows))))
+
+
+def test_per_bidder_negative_rates_keep_probabilities_and_recall_true(
+    examples: list[Example],
+) -> None:
+    rates = (("dsp-01", 0.05), ("dsp-02", 1.0))
+    sampled = train(
+        examples, TrainConfig(trees=25, max_depth=5, seed=3, bidder_negative_rates=rates)
+    )
+    full = train(examples, TrainConfig(trees=25, max_depth=5, seed=3, negative_rate=1.0))
+    _, test = split_examples(examples, 3, 0.2)
+    for bidder in sampled.pipeline.bidders:  # dsp-03.. keep the default 0.3
+        # Weighted back, the probabilities track those of a model that saw every pair; without
+        # the weights, dsp-01's (bid rate ~5%, 5% of non-bids kept) would be ~10x too high.
+        p = held_out_mean_probability(sampled, test, bidder)
+        assert p == pytest.approx(held_out_mean_probability(full, test, bidder), rel=0.5), bidder
+        assert sampled.metrics["per_bidder"][bidder]["recall"] >= 0.99, bidder
+    assert sampled.metrics["mean_probability"] == pytest.approx(
+        sampled.metrics["bid_rate"], rel=0.25
+    )
+    train_set, _ = split_examples(examples, 3, 0.2)
+    non_bids = {
+        b: sum(b in e.bidders and b not in e.bids for e in train_set)
+        for b in sampled.pipeline.bidders
+    }
+    expected = (
+        sampled.metrics["pairs_train"]
+        - 0.95 * non_bids["dsp-01"]
+        - 0.7 * sum(n for b, n in non_bids.items() if b not in ("dsp-01", "dsp-02"))
+    )
+    assert sampled.metrics["pairs_train_sampled"] == pytest.approx(expected, rel=0.05)
+    with pytest.raises(ValueError, match="dsp-01"):
+        TrainConfig(bidder_negative_rates=(("dsp-01", 0.0),))
 
 
 def test_bad_config_is_rejected() -> None:
