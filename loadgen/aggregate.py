@@ -9,7 +9,7 @@ from datetime import datetime
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from loadgen.recorder import new_histogram
+from loadgen.recorder import new_histogram, record_batch
 from loadgen.records import Quality, SecondReport, WorkerResult
 from loadgen.schedule import RateSchedule
 
@@ -43,11 +43,15 @@ class SecondRow:
 class SeriesBuilder:
     """Collects each worker's `SecondReport`s; a second is final once every worker sent it."""
 
-    def __init__(self, workers: int, schedule: RateSchedule) -> None:
+    def __init__(self, workers: int, schedule: RateSchedule, keep_histograms: bool = False) -> None:
         self.workers = workers
         self.schedule = schedule
         self._parts: dict[int, list[SecondReport]] = {}
         self.rows: dict[int, SecondRow] = {}
+        #: each second's latencies as an encoded HDR histogram, when `keep_histograms` (a
+        #: sharded run's seconds merge exactly through them)
+        self.keep_histograms = keep_histograms
+        self.histograms: dict[int, bytes] = {}
 
     def add(self, report: SecondReport) -> SecondRow | None:
         parts = self._parts.setdefault(report.second, [])
@@ -61,6 +65,10 @@ class SeriesBuilder:
 
     def _row(self, second: int, parts: list[SecondReport]) -> SecondRow:
         lat = np.concatenate([np.frombuffer(p.latencies_us, dtype=np.int64) for p in parts])
+        if self.keep_histograms:
+            hist = new_histogram()
+            record_batch(hist, lat)
+            self.histograms[second] = hist.encode()
         p50 = p99 = peak = None
         if lat.size:
             p50, p99 = (float(v) / 1000.0 for v in np.percentile(lat, [50, 99]))
@@ -123,6 +131,8 @@ class RunResult:
     worker_histograms: list[bytes] = field(default_factory=list)
     #: set when the run stopped early (e.g. the target went away); results are partial
     aborted: str | None = None
+    #: each second's latencies, `encode()`d, when the run kept them (`SeriesBuilder`)
+    second_histograms: dict[int, bytes] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -171,6 +181,15 @@ def _engine(engines: Iterable[str]) -> str:
     return seen.pop() if len(seen) == 1 else "mixed" if seen else "python"
 
 
+def add_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Counts by key over all `dicts`, largest first."""
+    total: dict[str, int] = {}
+    for d in dicts:
+        for key, value in d.items():
+            total[key] = total.get(key, 0) + value
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+
 def merge_results(
     results: list[WorkerResult],
     *,
@@ -180,13 +199,6 @@ def merge_results(
     started_at: datetime,
     series: SeriesBuilder,
 ) -> RunResult:
-    def add_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for d in dicts:
-            for key, value in d.items():
-                total[key] = total.get(key, 0) + value
-        return dict(sorted(total.items(), key=lambda kv: -kv[1]))
-
     examples: dict[str, str] = {}
     for r in results:
         for key, message in r.error_examples.items():
@@ -225,4 +237,5 @@ def merge_results(
         last_completion_s=max((r.last_completion_s for r in results), default=0.0),
         quality=quality,
         worker_histograms=[r.histogram for r in results],
+        second_histograms=series.histograms,
     )

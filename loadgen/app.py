@@ -38,6 +38,8 @@ class Outcome:
     result: RunResult | None = None
     search: SaturationResult | None = None
     source: report.SourceInfo | None = None
+    #: a merged sharded run: each pod's status (ok, failed, missing)
+    shards: list[dict[str, Any]] | None = None
 
     def fail(self, code: ExitCode, message: str) -> None:
         self.codes.add(code)
@@ -62,9 +64,12 @@ def prepare_traffic(
     needed = max(1, min(src.pool_size, requests_needed(config)))
     schedule = config.schedule
     if src.replay is None:
-        items = synthetic_items(needed, seed=src.seed, n_bidders=src.synthetic_bidders)
+        items = synthetic_items(
+            needed, seed=src.seed, n_bidders=src.synthetic_bidders, part=src.part[0]
+        )
         return encode_pool(items), report.SourceInfo("synthetic", None, len(items), True), schedule
-    items = read_replay(src.replay, limit=needed, bidders=src.bidders)
+    index, count = src.part
+    items = read_replay(src.replay, limit=needed * count, bidders=src.bidders)[index::count]
     looped = src.loop or config.saturation is not None
     total = schedule.with_warmup(config.options.warmup)[0].total_requests
     if not looped and len(items) < total:
@@ -88,7 +93,9 @@ def _live(config: LoadgenConfig, console: Console) -> bool:
 def _run(
     config: LoadgenConfig, schedule: RateSchedule, pool: EncodedPool, console: Console, title: str
 ) -> RunResult:
-    spec = RunSpec(config.target, schedule, config.options, config.workers)
+    spec = RunSpec(
+        config.target, schedule, config.options, config.workers, config.shard is not None
+    )
     with LiveView(console, title, schedule.duration, _live(config, console)) as view:
         return run_load(spec, pool, view)
 
@@ -198,6 +205,8 @@ def build_report(config: LoadgenConfig, outcome: Outcome) -> dict[str, Any]:
         else {"p99_ms": slo, "met": outcome.result.percentile_ms(99) <= slo}
     )
     doc["saturation"] = report.saturation_summary(outcome.search) if outcome.search else None
+    if outcome.shards is not None:
+        doc["shards"] = outcome.shards
     return doc
 
 
@@ -230,6 +239,9 @@ def publish(config: LoadgenConfig, outcome: Outcome, console: Console) -> None:
     if out.inference_model and outcome.result is not None:
         try:
             summary = k8s_status.last_load_test(outcome.result)
+            if outcome.shards is not None:
+                summary["pods"] = len(outcome.shards)
+                summary["failedPods"] = sum(s["status"] != "ok" for s in outcome.shards)
             ns = k8s_status.write_last_load_test(out.inference_model, out.namespace, summary)
             console.print(
                 f"status.lastLoadTest written to InferenceModel {ns}/{out.inference_model}",
@@ -257,6 +269,10 @@ def run(config: LoadgenConfig, console: Console, errors: Console) -> int:
     judge(config, outcome)
     if outcome.result is not None:
         report.print_final(console, outcome.result, outcome.search)
+    if config.shard is not None:
+        from loadgen import sharded
+
+        return sharded.finish_pod(config, outcome, console, errors)
     if outcome.search is not None and outcome.search.saturation_rate is not None:
         console.print(
             f"saturation: {outcome.search.saturation_rate:,.0f} req/s with p99 <= "
@@ -264,6 +280,11 @@ def run(config: LoadgenConfig, console: Console, errors: Console) -> int:
             highlight=False,
         )
     publish(config, outcome, console)
+    return conclude(outcome, errors)
+
+
+def conclude(outcome: Outcome, errors: Console) -> int:
+    """Print the warnings and errors; returns the exit code."""
     for warning in outcome.warnings:
         errors.print(f"warning: {warning}", highlight=False, soft_wrap=True, markup=False)
     for message in outcome.messages:

@@ -22,8 +22,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from loadgen import app
     from loadgen.options import parse_config
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["merge"]:  # `rtbserve loadgen merge`: the results of a run of many pods
+        from loadgen.sharded import merge_main
+
+        return merge_main(args[1:])
     try:
-        config = parse_config(sys.argv[1:] if argv is None else argv)
+        config = parse_config(args)
     except SystemExit as exc:  # argparse: --help (0) or a bad flag (2)
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
     console = Console()

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     GENERATOR_BEHIND = 7  # sends dropped because the generator could not keep its schedule
     PUBLISH_FAILED = 8  # report, plots, S3 upload or InferenceModel status could not be written
     INTERRUPTED = 9  # stopped by SIGINT/SIGTERM before the schedule ended; results are partial
+    SHARD_FAILED = 10  # a pod of a sharded run failed or left no result; the merge is partial
 
 
 DESCRIPTIONS = {
@@ -32,12 +33,14 @@ DESCRIPTIONS = {
     ExitCode.GENERATOR_BEHIND: "the generator fell behind its schedule (sends dropped)",
     ExitCode.PUBLISH_FAILED: "report, plots, S3 upload or InferenceModel status not written",
     ExitCode.INTERRUPTED: "stopped by SIGINT/SIGTERM; the results written are partial",
+    ExitCode.SHARD_FAILED: "a pod of a sharded run failed or left no result (merge is partial)",
 }
 
 PRECEDENCE = (
     ExitCode.BAD_INPUT,
     ExitCode.UNREACHABLE,
     ExitCode.INTERRUPTED,
+    ExitCode.SHARD_FAILED,
     ExitCode.REQUEST_ERRORS,
     ExitCode.GENERATOR_BEHIND,
     ExitCode.SLO_MISSED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from loadgen.connections import Target
 from loadgen.engine import SendOptions
 from loadgen.exit_codes import DESCRIPTIONS
 from loadgen.schedule import RateSchedule, parse_duration, parse_rate
+from loadgen.shards import Shard
 
 DEFAULT_TARGET = "127.0.0.1:9090"
 DEFAULT_DURATION_S = 10.0
@@ -45,6 +47,8 @@ class SourceSpec:
     synthetic_bidders: int
     bidders: tuple[str, ...]
     pool_size: int
+    #: (index, count): this pod's part of the traffic in a sharded run
+    part: tuple[int, int] = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,18 @@ class LoadgenConfig:
     slo_p99_ms: float | None
     max_error_ratio: float
     output: OutputSpec
+    #: set when this process is one pod of a sharded run (`schedule` is then its share)
+    shard: ShardSpec | None = None
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    shard: Shard
+    #: the whole run's schedule, over every pod
+    run_schedule: RateSchedule
+    #: after this pod's run, wait for every pod's result and publish the merged report
+    merge: bool
+    merge_wait: float
 
 
 def parse_target(text: str) -> Target:
@@ -276,6 +292,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-probes", type=_positive_int, default=16, metavar="N", help="(default 16)"
     )
 
+    shard = p.add_argument_group("many pods (an Indexed Job)")
+    shard.add_argument(
+        "--shards",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="this run is one of N pods; each offers the rates / N with traffic of its own",
+    )
+    shard.add_argument(
+        "--shard-index",
+        type=int,
+        metavar="I",
+        help="this pod's index, 0..N-1 (default: $JOB_COMPLETION_INDEX, set by an Indexed Job)",
+    )
+    shard.add_argument(
+        "--shard-store",
+        metavar="DIR|s3://BUCKET/PREFIX/",
+        help="where every pod writes its result (histograms and counters) for the merge",
+    )
+    shard.add_argument(
+        "--merge",
+        action="store_true",
+        help="after this pod's run, wait for every pod's result and publish the merged report "
+        "(the report flags below then apply to the merge); `rtbserve loadgen merge` does the "
+        "same by hand",
+    )
+    shard.add_argument(
+        "--merge-wait",
+        type=_duration,
+        default=600.0,
+        metavar="DURATION",
+        help="how long --merge waits for the other pods (default 600s)",
+    )
+
     out = p.add_argument_group("reports")
     out.add_argument("--report-json", type=Path, metavar="PATH", help="write the JSON report")
     out.add_argument("--plot-dir", type=Path, metavar="DIR", help="write PNG plots here")
@@ -334,6 +384,7 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
     if args.report_s3 and not args.report_s3.startswith("s3://"):
         raise UsageError("--report-s3 must be an s3:// URI")
     pool = args.pool_size or (DEFAULT_REPLAY_POOL if args.replay else DEFAULT_SYNTHETIC_POOL)
+    shard = _shard(args)
     options = SendOptions(
         connections=args.connections,
         timeout=args.timeout,
@@ -356,9 +407,10 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
             probe_duration=args.step_duration or 5.0,
             max_probes=args.max_probes,
         )
+    schedule = _schedule(args)
     return LoadgenConfig(
         target=parse_target(args.target),
-        schedule=_schedule(args),
+        schedule=schedule if shard is None else shard.share(schedule),
         options=options,
         workers=args.workers,
         source=SourceSpec(
@@ -368,6 +420,7 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
             synthetic_bidders=args.synthetic_bidders,
             bidders=tuple(b for b in args.bidders.split(",") if b),
             pool_size=pool,
+            part=(0, 1) if shard is None else (shard.index, shard.count),
         ),
         saturation=saturation,
         slo_p99_ms=None if args.slo_p99 is None else args.slo_p99 * 1000.0,
@@ -380,7 +433,31 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
             namespace=args.namespace,
             live=args.live,
         ),
+        shard=None
+        if shard is None
+        else ShardSpec(shard, schedule, merge=args.merge, merge_wait=args.merge_wait),
     )
+
+
+def _shard(args: argparse.Namespace) -> Shard | None:
+    if args.shards == 1 and args.shard_store is None:
+        if args.merge:
+            raise UsageError("--merge applies to a run of --shards N pods")
+        return None
+    if args.find_saturation:
+        raise UsageError("--find-saturation runs in one pod, not --shards")
+    if not args.shard_store:
+        raise UsageError("--shards needs --shard-store DIR or s3://bucket/prefix/")
+    index = args.shard_index
+    if index is None:
+        env = os.environ.get("JOB_COMPLETION_INDEX")
+        if env is None or not env.isdigit():
+            raise UsageError("--shards needs --shard-index or $JOB_COMPLETION_INDEX")
+        index = int(env)
+    try:
+        return Shard(index, args.shards, args.shard_store)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_config(argv: Sequence[str]) -> LoadgenConfig:

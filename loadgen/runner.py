@@ -55,6 +55,8 @@ class RunSpec:
     schedule: RateSchedule
     options: SendOptions
     workers: int = 1
+    #: keep each second's latencies as a histogram (`RunResult.second_histograms`)
+    second_histograms: bool = False
 
 
 def split_connections(total: int, workers: int) -> list[int]:
@@ -107,7 +109,7 @@ def run_load(spec: RunSpec, pool: EncodedPool, observer: Observer | None = None)
     """Run the schedule against the target; raises LoadgenError(UNREACHABLE) before any send."""
     observer = observer or NullObserver()
     plans = build_plans(spec, pool)
-    series = SeriesBuilder(spec.workers, spec.schedule)
+    series = SeriesBuilder(spec.workers, spec.schedule, spec.second_histograms)
     started_at = datetime.now(UTC)
     if spec.workers == 1:
         worker = Worker(plans[0], _SeriesSink(series, observer))

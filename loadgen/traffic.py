@@ -24,13 +24,17 @@ class TrafficItem:
 LOAD_STREAM = 1
 
 
-def synthetic_items(count: int, seed: int = 0, n_bidders: int = 16) -> list[TrafficItem]:
-    """`count` requests from the generator shared with training, with their ground truth."""
+def synthetic_items(
+    count: int, seed: int = 0, n_bidders: int = 16, part: int = 0
+) -> list[TrafficItem]:
+    """`count` requests from the generator shared with training, with their ground truth
+    (`part`: a pod of a sharded run, each drawing a stream of its own)."""
     from model_server.synthetic import TrafficGenerator
 
     # Same world as training (seed), a stream the trainer never draws from, and request times
     # pinned to now: the server scores with its own clock, so the ground truth must use it too.
-    generator = TrafficGenerator(seed=seed, n_bidders=n_bidders, stream=LOAD_STREAM, at=time.time())
+    stream = LOAD_STREAM if part == 0 else LOAD_STREAM + 1000 + part
+    generator = TrafficGenerator(seed=seed, n_bidders=n_bidders, stream=stream, at=time.time())
     bidders = tuple(generator.bidders)
     return [
         TrafficItem(orjson.dumps(sr.request), bidders, frozenset(sr.bids))
