@@ -12,6 +12,7 @@ when running in a pod, else KUBECONFIG / ~/.kube/config.
     errors           integer: failed requests
     requests         integer: requests scheduled in the measured window
     durationSeconds  number: measured window length
+    pods, failedPods integer: a merged run of many pods: how many, and how many failed
 """
 
 from __future__ import annotations

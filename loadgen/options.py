@@ -314,9 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument(
         "--merge",
         action="store_true",
-        help="after this pod's run, wait for every pod's result and publish the merged report "
-        "(the report flags below then apply to the merge); `rtbserve loadgen merge` does the "
-        "same by hand",
+        help="the last pod (index N-1), after its run, waits for every pod's result and "
+        "publishes the merged report (the report flags apply to the merge only); the others "
+        "ignore it. `rtbserve loadgen merge` does the same by hand",
     )
     shard.add_argument(
         "--merge-wait",
@@ -435,7 +435,12 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
         ),
         shard=None
         if shard is None
-        else ShardSpec(shard, schedule, merge=args.merge, merge_wait=args.merge_wait),
+        else ShardSpec(
+            shard,
+            schedule,
+            merge=args.merge and shard.index == shard.count - 1,
+            merge_wait=args.merge_wait,
+        ),
     )
 
 

@@ -44,6 +44,14 @@ VARIANTS: dict[str, list[str]] = {
         "--set", "loadgen.inferenceModel=ctr",
         "--set", "loadgen.inferenceModelNamespace=bidding",
     ],
+    "loadgen-pods": [
+        "--set", "loadgen.enabled=true",
+        "--set", "loadgen.target=ctr.bidding.svc:9090",
+        "--set", "loadgen.pods=4",
+        "--set", "loadgen.shardStore=s3://reports/shards",
+        "--set", "loadgen.env[0].name=AWS_REGION",
+        "--set", "loadgen.env[0].value=us-east-1",
+    ],
 }  # fmt: skip
 
 
@@ -184,3 +192,36 @@ def test_chart_files_are_all_used() -> None:
     templates = "\n".join(p.read_text() for p in (CHART_DIR / "templates").iterdir())
     for path in (CHART_DIR / "files").iterdir():
         assert f"files/{path.name}" in templates, path.name
+
+
+def test_loadgen_pods_render_an_indexed_job_whose_last_pod_merges() -> None:
+    manifests = render(
+        "--set", "loadgen.enabled=true", "--set", "loadgen.target=ctr.bidding.svc:9090",
+        "--set", "loadgen.rate=30k", "--set", "loadgen.pods=3",
+        "--set", "loadgen.shardStore=s3://reports/shards/", "--set", "loadgen.inferenceModel=ctr",
+    )  # fmt: skip
+    job = one(manifests, "Job")
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    container = spec["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert "--rate=30k" in args  # the whole run's rate: each pod offers a third
+    assert "--shards=3" in args
+    assert "--merge" in args
+    assert "--shard-store=s3://reports/shards/$(RTBSERVE_LOADGEN_JOB)/" in args
+    env = {e["name"]: e for e in container["env"]}
+    field = env["RTBSERVE_LOADGEN_JOB"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.labels['batch.kubernetes.io/job-name']"
+    single = one(render("--set", "loadgen.enabled=true",
+                        "--set", "loadgen.target=ctr.bidding.svc:9090"), "Job")  # fmt: skip
+    assert "completionMode" not in single["spec"]
+    assert not any(
+        a.startswith("--shards")
+        for a in single["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    proc = run_helm(
+        "template", "rtbserve", str(CHART_DIR), "--set", "loadgen.enabled=true",
+        "--set", "loadgen.target=x:1", "--set", "loadgen.pods=2", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "loadgen.shardStore" in proc.stderr

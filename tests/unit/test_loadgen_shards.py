@@ -71,11 +71,10 @@ def three_pods(server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     store = tmp_path_factory.mktemp("shards")
     target = f"{server.host}:{server.thrift_port}"
     merged = store / "merged.json"
-    procs = [_pod(target, i, str(store)) for i in range(2)]
-    procs.append(
-        _pod(target, 2, str(store), "--merge", "--merge-wait", "120s", "--report-json", str(merged),
-             "--plot-dir", str(store / "plots"))
-    )  # fmt: skip
+    # The same flags for every pod, as an Indexed Job gives them: only the last one merges.
+    same = ["--merge", "--merge-wait", "120s", "--report-json", str(merged),
+            "--plot-dir", str(store / "plots")]  # fmt: skip
+    procs = [_pod(target, i, str(store), *same) for i in range(3)]
     runs = [_finish(p) for p in procs]
     return {"store": store, "runs": runs, "merged": merged}
 
@@ -83,6 +82,7 @@ def three_pods(server: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 def test_three_pods_merge_into_one_report_of_sums(three_pods: dict[str, Any]) -> None:
     for code, _, err in three_pods["runs"]:
         assert code == 0, err
+    assert ["merged 3 of 3 pods" in out for _, out, _ in three_pods["runs"]] == [False, False, True]
     store: Path = three_pods["store"]
     pods = [orjson.loads((store / shard_name(i, 3)).read_bytes())["result"] for i in range(3)]
     doc = orjson.loads(three_pods["merged"].read_bytes())

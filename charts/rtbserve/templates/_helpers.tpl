@@ -137,6 +137,12 @@ annotations:
 - --connections={{ $v.connections }}
 - --workers={{ $v.workers }}
 - --max-error-ratio={{ $v.maxErrorRatio }}
+{{- if gt (int $v.pods) 1 }}
+- --shards={{ $v.pods }}
+- --shard-store={{ trimSuffix "/" $v.shardStore }}/$(RTBSERVE_LOADGEN_JOB)/
+- --merge
+- --merge-wait={{ $v.mergeWait }}
+{{- end }}
 {{- with $v.sloP99 }}
 - --slo-p99={{ . }}
 {{- end }}
