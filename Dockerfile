@@ -36,8 +36,11 @@ WORKDIR /src
 # Dependencies first, in their own layer: a source change does not reinstall them.
 # The pip cache is a BuildKit cache mount: kept between builds, never in a layer.
 COPY pyproject.toml ./
+# Optional extras to include, comma-separated: `--build-arg EXTRAS=dask` builds the image the
+# Dask scheduler, workers and `rtbserve train --dask` run (docs/distributed-training.md).
+ARG EXTRAS=""
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    EXTRAS="$EXTRAS" python -c 'import os, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in os.environ["EXTRAS"].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
        > /tmp/requirements.txt \
     && "$VIRTUAL_ENV/bin/pip" install -r /tmp/requirements.txt
 

@@ -362,3 +362,19 @@ def test_readme_inferencemodel_is_valid_for_the_crd() -> None:
     assert model["spec"]["artifact"]["uri"].startswith(f"s3://{EXAMPLE_BUCKET}/models/")
     # The account whose IAM role may read models/.
     assert model["spec"]["serviceAccountName"] == "rtbserve-model-server"
+
+
+def test_training_runs_on_graviton_with_pod_identity(cluster: dict[str, Any]) -> None:
+    pool = node_group(cluster, "training")
+    assert pool["instanceType"].split(".")[0].endswith("g")  # Graviton (arm64) families
+    assert pool["minSize"] == 0
+    (assoc,) = [
+        a for a in cluster["iam"]["podIdentityAssociations"]
+        if a["serviceAccountName"] == "rtbserve-train"
+    ]  # fmt: skip
+    policy = json.loads(render((IAM_DIR / "training.json").read_text()))
+    assert assoc["permissionPolicy"] == policy
+    by_resource = actions_by_resource(policy)
+    assert by_resource[f"arn:aws:s3:::{EXAMPLE_BUCKET}/logs/*"] == {"s3:GetObject"}
+    writers = [r for r, actions in by_resource.items() if "s3:PutObject" in actions]
+    assert writers == [f"arn:aws:s3:::{EXAMPLE_BUCKET}/models/*"]
