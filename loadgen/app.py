@@ -238,10 +238,7 @@ def publish(config: LoadgenConfig, outcome: Outcome, console: Console) -> None:
             outcome.fail(exc.code, exc.message)
     if out.inference_model and outcome.result is not None:
         try:
-            summary = k8s_status.last_load_test(outcome.result)
-            if outcome.shards is not None:
-                summary["pods"] = len(outcome.shards)
-                summary["failedPods"] = sum(s["status"] != "ok" for s in outcome.shards)
+            summary = k8s_status.last_load_test(outcome.result, outcome.shards)
             ns = k8s_status.write_last_load_test(out.inference_model, out.namespace, summary)
             console.print(
                 f"status.lastLoadTest written to InferenceModel {ns}/{out.inference_model}",

@@ -31,9 +31,15 @@ PLURAL = "inferencemodels"
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def last_load_test(result: RunResult) -> dict[str, Any]:
+def last_load_test(result: RunResult, shards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The status summary; `shards`: each pod's status, for a merged run of many pods."""
     finished = result.started_at + timedelta(seconds=result.elapsed_s)
-    return {
+    pods = (
+        {}
+        if shards is None
+        else {"pods": len(shards), "failedPods": sum(s["status"] != "ok" for s in shards)}
+    )
+    return pods | {
         "time": finished.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "targetRate": round(result.target_rate, 3),
         "achievedRate": round(result.achieved_rate, 3),

@@ -6,6 +6,7 @@ No I/O here: handlers call these, adopt the results (ownerReferences) and send t
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import re
 from typing import Any
@@ -397,4 +398,123 @@ def build_pdb(im: InferenceModel) -> dict[str, Any]:
             # Pods that are not ready anyway may be evicted, so they never block a drain.
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
+    }
+
+
+# ---- load test -----------------------------------------------------------------------------
+LOADGEN_CONTAINER = "loadgen"
+LOADGEN_JOB_ENV = "RTBSERVE_LOADGEN_JOB"
+LABEL_LOAD_TEST_OF = "rtbserve.io/load-test-of"
+# The eksctl cluster's load generators run on their own node group, apart from the servers.
+LOADGEN_NODE_SELECTOR = {"kubernetes.io/arch": "arm64", "rtbserve.io/pool": "loadgen"}
+LOADGEN_TOLERATIONS = [
+    {"key": "rtbserve.io/pool", "operator": "Equal", "value": "loadgen", "effect": "NoSchedule"}
+]
+LOADGEN_DEADLINE_SECONDS = 3600
+
+
+def load_test_job_name(im: InferenceModel, identity: ModelIdentity) -> str:
+    """`<model>-loadtest-<hash>`: one Job per model and load-test settings (a Job's pod template
+    cannot change, so new settings or a new model mean a new Job)."""
+    assert im.spec.load_test is not None
+    settings = im.spec.load_test.model_dump_json(by_alias=True)
+    digest = hashlib.sha256(f"{identity.sha256} {im.image} {settings}".encode()).hexdigest()
+    return f"{im.name[:40].rstrip('-')}-loadtest-{digest[:8]}"
+
+
+def _loadgen_args(im: InferenceModel) -> list[str]:
+    lt = im.spec.load_test
+    assert lt is not None
+    args = [
+        "loadgen",
+        f"--target={im.name}.{im.namespace}.svc:{im.spec.service.port}",
+        f"--rate={lt.rate}",
+        f"--duration={lt.duration}",
+        f"--connections={lt.connections}",
+        f"--inference-model={im.name}",
+        f"--namespace={im.namespace}",
+        "--plain",
+    ]
+    if lt.pods > 1:
+        assert lt.shard_store is not None
+        args += [
+            f"--shards={lt.pods}",
+            f"--shard-store={lt.shard_store.rstrip('/')}/$({LOADGEN_JOB_ENV})/",
+            "--merge",
+        ]
+    return args + list(lt.args)
+
+
+def build_load_test_job(im: InferenceModel, identity: ModelIdentity) -> dict[str, Any] | None:
+    """The Job that load-tests the model `identity` (None without spec.loadTest): with
+    `pods` > 1 an Indexed Job whose pods each offer rate / pods and whose last pod merges."""
+    lt = im.spec.load_test
+    if lt is None:
+        return None
+    labels = {
+        LABEL_INSTANCE: im.name,
+        LABEL_COMPONENT: "loadgen",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_LOAD_TEST_OF: im.name,
+    }
+    env = [
+        {
+            "name": LOADGEN_JOB_ENV,
+            "valueFrom": {
+                "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}
+            },
+        }
+    ]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # The token is for the one API call it makes: patching status.lastLoadTest.
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "nodeSelector": dict(LOADGEN_NODE_SELECTOR),
+        "tolerations": copy.deepcopy(LOADGEN_TOLERATIONS),
+        "containers": [
+            {
+                "name": LOADGEN_CONTAINER,
+                "image": im.image,
+                "imagePullPolicy": im.spec.image_pull_policy,
+                "command": ["rtbserve"],
+                "args": _loadgen_args(im),
+                "env": env,
+                "resources": {
+                    "requests": {"cpu": "1", "memory": "1Gi"},
+                    "limits": {"memory": "1Gi"},
+                },
+                "securityContext": _restricted_container_security(),
+                "volumeMounts": [{"name": TMP_VOLUME, "mountPath": TMP_MOUNT_PATH}],
+            }
+        ],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}],
+    }
+    if lt.service_account_name:
+        pod["serviceAccountName"] = lt.service_account_name
+    if im.spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in im.spec.image_pull_secrets]
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": LOADGEN_DEADLINE_SECONDS,
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if lt.pods > 1:
+        spec |= {"completionMode": "Indexed", "completions": lt.pods, "parallelism": lt.pods}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": load_test_job_name(im, identity),
+            "namespace": im.namespace,
+            "labels": labels,
+            "annotations": {"rtbserve.io/model-sha256": identity.sha256},
+        },
+        "spec": spec,
     }

@@ -54,6 +54,7 @@ DEPLOYMENTS = Kind("apps/v1", "deployments")
 SERVICES = Kind("v1", "services")
 HPAS = Kind("autoscaling/v2", "horizontalpodautoscalers")
 PDBS = Kind("policy/v1", "poddisruptionbudgets")
+JOBS = Kind("batch/v1", "jobs")
 
 
 def kind_of(obj: Mapping[str, Any]) -> Kind:
@@ -62,6 +63,7 @@ def kind_of(obj: Mapping[str, Any]) -> Kind:
         "Service": SERVICES,
         "HorizontalPodAutoscaler": HPAS,
         "PodDisruptionBudget": PDBS,
+        "Job": JOBS,
     }
     return plurals[str(obj["kind"])]
 

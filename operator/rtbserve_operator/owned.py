@@ -15,13 +15,14 @@ from typing import Any, Literal
 from rtbserve_operator.builders import (
     build_deployment,
     build_hpa,
+    build_load_test_job,
     build_pdb,
     build_service,
     initial_replicas,
 )
 from rtbserve_operator.constants import LABEL_MANAGED_BY, MANAGED_BY
 from rtbserve_operator.identity import ModelIdentity
-from rtbserve_operator.kube import DEPLOYMENTS, HPAS, SERVICES, KubeApi
+from rtbserve_operator.kube import DEPLOYMENTS, HPAS, JOBS, SERVICES, KubeApi
 from rtbserve_operator.spec import InferenceModel
 
 # Sets ownerReferences on a built object (kopf.adopt bound to the InferenceModel).
@@ -141,6 +142,24 @@ def apply_deployment(
     return patched, "updated" if changed else "unchanged"
 
 
+def start_load_test(
+    kube: KubeApi, im: InferenceModel, identity: ModelIdentity, adopt: Adopt
+) -> str | None:
+    """Create the load-test Job of `im` running `identity` unless it exists; its name or None.
+
+    A Job is never changed: its name carries the model and the settings, so a finished run
+    stays as it is (its result in status.lastLoadTest) until a new model or new settings.
+    """
+    job = build_load_test_job(im, identity)
+    if job is None:
+        return None
+    name: str = job["metadata"]["name"]
+    if kube.get(JOBS, im.namespace, name) is None:
+        adopt(job)
+        kube.create(job)
+    return name
+
+
 def apply_all(kube: KubeApi, im: InferenceModel, identity: ModelIdentity, adopt: Adopt) -> Applied:
     """Create or update the Deployment, Service, HPA and PDB of `im` to run `identity`.
 
@@ -162,4 +181,5 @@ def apply_all(kube: KubeApi, im: InferenceModel, identity: ModelIdentity, adopt:
     pdb = build_pdb(im)
     adopt(pdb)
     kube.apply(pdb)
+    start_load_test(kube, im, identity, adopt)
     return Applied(deployment=deployment, service=applied_service, action=action)

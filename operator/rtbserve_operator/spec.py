@@ -30,6 +30,8 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 PERCENT_PATTERN = r"^[0-9]{1,3}%$"
+RATE_PATTERN = r"^[0-9]+(\.[0-9]+)?k?(,[0-9]+(\.[0-9]+)?k?)*$"
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(us|ms|s|m|h)?$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -142,6 +144,26 @@ class RolloutSpec(_Model):
     max_unavailable: IntOrPercent = 0
 
 
+class LoadTestSpec(_Model):
+    """`rtbserve loadgen` run as a Job against each newly verified model (see the CRD)."""
+
+    pods: int = Field(default=1, ge=1, le=1000)
+    rate: Annotated[str, StringConstraints(pattern=RATE_PATTERN)] = "1000"
+    duration: Annotated[str, StringConstraints(pattern=DURATION_PATTERN)] = "60s"
+    connections: int = Field(default=16, ge=1)
+    shard_store: Annotated[str, StringConstraints(pattern=S3_URI_PATTERN)] | None = None
+    service_account_name: (
+        Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] | None
+    ) = None
+    args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _store_for_pods(self) -> LoadTestSpec:
+        if self.pods > 1 and self.shard_store is None:
+            raise ValueError("pods > 1 needs shardStore")
+        return self
+
+
 class LocalObjectReference(_Model):
     name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
@@ -169,6 +191,7 @@ class InferenceModelSpec(_Model):
     server: ServerSpec = Field(default_factory=ServerSpec)
     disruption_budget: DisruptionBudgetSpec = Field(default_factory=DisruptionBudgetSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    load_test: LoadTestSpec | None = None
     # Size of the pod's writable /tmp, which also holds the downloaded model.
     tmp_size_limit: Quantity = "2Gi"
 

@@ -49,8 +49,14 @@ def test_last_load_test_validates(crd: dict[str, Any], fast_stub: Any) -> None:
         encode_pool(synthetic_items(300, seed=2)),
     )
     summary = last_load_test(result)
-    assert set(summary) == set(schema["properties"])
+    assert set(summary) == set(schema["properties"]) - {"pods", "failedPods"}
     jsonschema.validate(summary, schema, format_checker=jsonschema.FormatChecker())
+    # A merged run of many pods also says how many there were and how many failed.
+    shards = [{"status": "ok"}, {"status": "missing"}, {"status": "ok"}]
+    merged = last_load_test(result, shards)
+    assert set(merged) == set(schema["properties"])
+    assert (merged["pods"], merged["failedPods"]) == (3, 1)
+    jsonschema.validate(merged, schema, format_checker=jsonschema.FormatChecker())
     assert summary["requests"] == 300
     assert summary["errors"] == 0
     assert summary["achievedRate"] == pytest.approx(300, rel=0.02)

@@ -148,6 +148,8 @@ def test_status_declares_conditions_identity_and_load_test(schema: dict[str, Any
         "errors",
         "requests",
         "durationSeconds",
+        "pods",
+        "failedPods",
     } == set(status["lastLoadTest"]["properties"])
     assert {"observedGeneration", "readyReplicas", "replicas", "endpoint"} <= set(status)
 
@@ -189,6 +191,19 @@ VALID_SPECS: list[dict[str, Any]] = [
         "tmpSizeLimit": "10Gi",
         "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
     },
+    {
+        "artifact": {"uri": "s3://models/a/"},
+        "loadTest": {
+            "pods": 4,
+            "rate": "40k",
+            "duration": "2m",
+            "connections": 8,
+            "shardStore": "s3://reports/shards/",
+            "serviceAccountName": "rtbserve-loadgen",
+            "args": ["--seed=7"],
+        },
+    },
+    {"artifact": {"uri": "s3://models/a/"}, "loadTest": {}},
 ]
 
 # Specs that both must refuse.
@@ -211,6 +226,9 @@ INVALID_SPECS: list[dict[str, Any]] = [
     {"artifact": {"uri": "s3://models/ctr/"}, "env": [{"name": "1BAD", "value": "x"}]},
     {"artifact": {"uri": "s3://models/ctr/"}, "imagePullPolicy": "Sometimes"},
     {"artifact": {"uri": "s3://models/ctr/"}, "replicaz": 2},
+    {"artifact": {"uri": "s3://models/ctr/"}, "loadTest": {"pods": 0}},
+    {"artifact": {"uri": "s3://models/ctr/"}, "loadTest": {"rate": "fast"}},
+    {"artifact": {"uri": "s3://models/ctr/"}, "loadTest": {"shardStore": "/shared"}},
 ]
 
 # Rules only CEL (x-kubernetes-validations) expresses in the CRD; the operator checks them too.
@@ -220,6 +238,7 @@ CEL_ONLY_INVALID: list[dict[str, Any]] = [
     {"artifact": {"uri": "s3://models/ctr/"}, "env": [{"name": "RTBSERVE_MODEL_URI", "value": ""}]},
     {"artifact": {"uri": "s3://models/ctr/"}, "rollout": {"maxSurge": "lots"}},
     {"artifact": {"uri": "s3://models/ctr/"}, "disruptionBudget": {"maxUnavailable": -1}},
+    {"artifact": {"uri": "s3://models/ctr/"}, "loadTest": {"pods": 3}},
 ]
 
 
