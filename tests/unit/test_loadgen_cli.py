@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from hdrh.histogram import HdrHistogram
 from loadgen.exit_codes import ExitCode
 from loadgen.plots import DISTRIBUTION_PNG, LATENCY_PNG, THROUGHPUT_PNG
 from loadgen.report import REPORT_SCHEMA
+from tests.loadgen_fixtures import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(180)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -253,17 +256,48 @@ def test_slo_missed_exits_6(start_stub: Any, run_loadgen: Any) -> None:
     assert "above the objective 1 ms" in run.stderr
 
 
-def test_generator_behind_exits_7(fast_stub: Any, run_loadgen: Any, tmp_path: Path) -> None:
+def test_generator_behind_exits_7(fast_stub: Any, tmp_path: Path) -> None:
+    """A generator stalled mid-run drops the sends it is too late for, says so and exits 7.
+
+    The stall is injected (SIGSTOP, as a CPU-starved pod or a long pause would be) once the
+    first second of the schedule has been sent, so the outcome does not depend on how fast
+    this machine can send: the rate is low and the stall far longer than --max-lag.
+    """
     report_path = tmp_path / "report.json"
-    run = run_loadgen(
-        "--target", fast_stub.target, "--rate", "400k", "--duration", "1s",
-        "--max-lag", "50ms", "--max-error-ratio", "1", "--report-json", str(report_path),
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "rtbserve", "loadgen", "--plain", "--target", fast_stub.target,
+            "--rate", "500", "--duration", "8s", "--warmup", "0s", "--max-lag", "50ms",
+            "--max-error-ratio", "1", "--report-json", str(report_path),
+        ],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
-    assert run.code == ExitCode.GENERATOR_BEHIND
-    assert "fell behind its schedule" in run.stderr
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the first finished second: sending is under way
+            if line.startswith("[   1s]"):
+                break
+        else:
+            raise AssertionError(
+                f"no progress line; stderr: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(0.5)  # ten times --max-lag: every send due in the stall but its last 50 ms drops
+        os.killpg(proc.pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == ExitCode.GENERATOR_BEHIND, stderr
+    assert "fell behind its schedule" in stderr
     doc = _report(report_path)
     assert doc["generator"]["behind"] is True
-    assert doc["requests"]["dropped"] > 0
+    # 500/s over a stall of >= 0.5 s, less the last --max-lag of it: at least 200 sends dropped
+    assert doc["requests"]["dropped"] >= 200
+    assert doc["generator"]["max_lag_ms"] >= 450
+    assert doc["requests"]["sent"] + doc["requests"]["dropped"] == doc["requests"]["scheduled"]
 
 
 def test_saturation_search_reports_the_rate(
