@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -190,6 +191,36 @@ def add_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(total.items(), key=lambda kv: -kv[1]))
 
 
+def combined_counts(parts: Sequence[WorkerResult] | Sequence[RunResult]) -> dict[str, Any]:
+    """The RunResult fields that workers (or whole runs) add up to: counts summed, the worst
+    lag, the last completion, the first example of each error."""
+    examples: dict[str, str] = {}
+    quality = Quality()
+    for r in parts:
+        for key, message in r.error_examples.items():
+            examples.setdefault(key, message)
+        quality.add(r.quality)
+    return {
+        "scheduled": sum(r.scheduled for r in parts),
+        "sent": sum(r.sent for r in parts),
+        "ok": sum(r.ok for r in parts),
+        "errors": add_counts(r.errors for r in parts),
+        "error_examples": examples,
+        "connect_errors": add_counts(r.connect_errors for r in parts),
+        "disconnects": add_counts(r.disconnects for r in parts),
+        "dropped": sum(r.dropped for r in parts),
+        "late": sum(r.late for r in parts),
+        "retried": sum(r.retried for r in parts),
+        "stray_replies": sum(r.stray_replies for r in parts),
+        "warmup_requests": sum(r.warmup_requests for r in parts),
+        "max_lag_s": max((r.max_lag_s for r in parts), default=0.0),
+        "cpu_s": sum(r.cpu_s for r in parts),
+        "engine": _engine(r.engine for r in parts),
+        "last_completion_s": max((r.last_completion_s for r in parts), default=0.0),
+        "quality": quality,
+    }
+
+
 def merge_results(
     results: list[WorkerResult],
     *,
@@ -199,18 +230,11 @@ def merge_results(
     started_at: datetime,
     series: SeriesBuilder,
 ) -> RunResult:
-    examples: dict[str, str] = {}
-    for r in results:
-        for key, message in r.error_examples.items():
-            examples.setdefault(key, message)
     width = max((len(r.completions_per_second) for r in results), default=0)
     completions = [
         sum(r.completions_per_second[s] for r in results if s < len(r.completions_per_second))
         for s in range(width)
     ]
-    quality = Quality()
-    for r in results:
-        quality.add(r.quality)
     return RunResult(
         target=target,
         schedule=schedule,
@@ -219,23 +243,7 @@ def merge_results(
         started_at=started_at,
         histogram=merge_histograms(r.histogram for r in results),
         series=series.finish(completions),
-        scheduled=sum(r.scheduled for r in results),
-        sent=sum(r.sent for r in results),
-        ok=sum(r.ok for r in results),
-        errors=add_counts(r.errors for r in results),
-        error_examples=examples,
-        connect_errors=add_counts(r.connect_errors for r in results),
-        disconnects=add_counts(r.disconnects for r in results),
-        dropped=sum(r.dropped for r in results),
-        late=sum(r.late for r in results),
-        retried=sum(r.retried for r in results),
-        stray_replies=sum(r.stray_replies for r in results),
-        warmup_requests=sum(r.warmup_requests for r in results),
-        max_lag_s=max((r.max_lag_s for r in results), default=0.0),
-        cpu_s=sum(r.cpu_s for r in results),
-        engine=_engine(r.engine for r in results),
-        last_completion_s=max((r.last_completion_s for r in results), default=0.0),
-        quality=quality,
         worker_histograms=[r.histogram for r in results],
         second_histograms=series.histograms,
+        **combined_counts(results),
     )

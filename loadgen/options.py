@@ -326,12 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long --merge waits for the other pods (default 600s)",
     )
 
-    out = p.add_argument_group("reports")
-    out.add_argument("--report-json", type=Path, metavar="PATH", help="write the JSON report")
-    out.add_argument("--plot-dir", type=Path, metavar="DIR", help="write PNG plots here")
-    out.add_argument("--report-s3", metavar="s3://BUCKET/PREFIX/", help="upload report + plots")
-    out.add_argument("--inference-model", metavar="NAME", help="write status.lastLoadTest")
-    out.add_argument("--namespace", help="of --inference-model (default: the pod's own)")
+    out = add_report_arguments(p)
     view = out.add_mutually_exclusive_group()
     view.add_argument(
         "--live",
@@ -344,6 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--plain", dest="live", action="store_false", help="one plain line per second"
     )
     return p
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Where the report goes (also `rtbserve loadgen merge`'s flags)."""
+    out = p.add_argument_group("reports")
+    out.add_argument("--report-json", type=Path, metavar="PATH", help="write the JSON report")
+    out.add_argument("--plot-dir", type=Path, metavar="DIR", help="write PNG plots here")
+    out.add_argument("--report-s3", metavar="s3://BUCKET/PREFIX/", help="upload report + plots")
+    out.add_argument("--inference-model", metavar="NAME", help="write status.lastLoadTest")
+    out.add_argument("--namespace", help="of --inference-model (default: the pod's own)")
+    return out
+
+
+def output_of(args: argparse.Namespace, live: bool | None) -> OutputSpec:
+    """The OutputSpec of the flags `add_report_arguments` added."""
+    return OutputSpec(
+        report_json=args.report_json,
+        plot_dir=args.plot_dir,
+        report_s3=args.report_s3,
+        inference_model=args.inference_model,
+        namespace=args.namespace,
+        live=live,
+    )
 
 
 def _schedule(args: argparse.Namespace) -> RateSchedule:
@@ -425,14 +443,7 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
         saturation=saturation,
         slo_p99_ms=None if args.slo_p99 is None else args.slo_p99 * 1000.0,
         max_error_ratio=args.max_error_ratio,
-        output=OutputSpec(
-            report_json=args.report_json,
-            plot_dir=args.plot_dir,
-            report_s3=args.report_s3,
-            inference_model=args.inference_model,
-            namespace=args.namespace,
-            live=args.live,
-        ),
+        output=output_of(args, live=args.live),
         shard=None
         if shard is None
         else ShardSpec(

@@ -28,6 +28,8 @@ from loadgen.options import (
     SourceSpec,
     _duration,
     _positive_int,
+    add_report_arguments,
+    output_of,
     parse_target,
 )
 from loadgen.shards import (
@@ -172,36 +174,21 @@ def build_merge_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="wait this long for pods that have not written their result (default 0)",
     )
-    out = p.add_argument_group("reports")
-    out.add_argument("--report-json", metavar="PATH")
-    out.add_argument("--plot-dir", metavar="DIR")
-    out.add_argument("--report-s3", metavar="s3://BUCKET/PREFIX/")
-    out.add_argument("--inference-model", metavar="NAME", help="write status.lastLoadTest")
-    out.add_argument("--namespace")
+    add_report_arguments(p)
     return p
 
 
 def merge_main(argv: Sequence[str]) -> int:
-    from pathlib import Path
-
     parser = build_merge_parser()
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
-    output = OutputSpec(
-        report_json=Path(args.report_json) if args.report_json else None,
-        plot_dir=Path(args.plot_dir) if args.plot_dir else None,
-        report_s3=args.report_s3,
-        inference_model=args.inference_model,
-        namespace=args.namespace,
-        live=False,
-    )
     return merge(
         args.shard_store,
         args.shards,
         args.merge_wait,
-        output,
+        output_of(args, live=False),
         console=Console(),
         errors=Console(stderr=True),
     )

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from loadgen import s3io
-from loadgen.aggregate import RunResult, SecondRow, _engine, add_counts, merge_histograms
+from loadgen.aggregate import RunResult, SecondRow, combined_counts, merge_histograms
 from loadgen.exit_codes import ExitCode, LoadgenError
 from loadgen.records import Quality
 from loadgen.schedule import RateSchedule, Segment
@@ -260,13 +260,6 @@ def merge_runs(runs: Sequence[RunResult], schedule: RateSchedule) -> RunResult:
                 second, [r for r, _ in parts], hists if len(hists) == len(parts) else None
             )
         )
-    quality = Quality()
-    for run in runs:
-        quality.add(run.quality)
-    examples: dict[str, str] = {}
-    for run in runs:
-        for key, message in run.error_examples.items():
-            examples.setdefault(key, message)
     return RunResult(
         target=runs[0].target,
         schedule=schedule,
@@ -275,25 +268,9 @@ def merge_runs(runs: Sequence[RunResult], schedule: RateSchedule) -> RunResult:
         started_at=min(r.started_at for r in runs),
         histogram=merge_histograms(r.histogram.encode() for r in runs),
         series=series,
-        scheduled=sum(r.scheduled for r in runs),
-        sent=sum(r.sent for r in runs),
-        ok=sum(r.ok for r in runs),
-        errors=add_counts(r.errors for r in runs),
-        error_examples=examples,
-        connect_errors=add_counts(r.connect_errors for r in runs),
-        disconnects=add_counts(r.disconnects for r in runs),
-        dropped=sum(r.dropped for r in runs),
-        late=sum(r.late for r in runs),
-        retried=sum(r.retried for r in runs),
-        stray_replies=sum(r.stray_replies for r in runs),
-        warmup_requests=sum(r.warmup_requests for r in runs),
-        max_lag_s=max(r.max_lag_s for r in runs),
-        cpu_s=sum(r.cpu_s for r in runs),
-        engine=_engine(r.engine for r in runs),
-        last_completion_s=max(r.last_completion_s for r in runs),
-        quality=quality,
         worker_histograms=[h for r in runs for h in r.worker_histograms],
         aborted=next((r.aborted for r in runs if r.aborted), None),
+        **combined_counts(runs),
     )
 
 
