@@ -76,6 +76,14 @@ def _upload_mixed(s3: Any, bucket: str, examples: list[Example], tmp: Path) -> l
     return names
 
 
+def _write_parts(tmp: Path, examples: list[Example], n: int, name: str) -> list[str]:
+    """`examples` in `n` local files named `name` (with {} for the part), as one glob's files."""
+    size = len(examples) // n
+    for i in range(n):
+        write_examples(tmp / name.format(i), examples[i * size : (i + 1) * size])
+    return expand_sources([str(tmp / name.format("*"))])
+
+
 def test_s3_glob_lists_the_matching_objects(s3_server: Any, s3_bucket: str, tmp_path: Path) -> None:
     examples = synthetic_examples(60, seed=1, n_bidders=3)
     names = _upload_mixed(s3_server.client(), s3_bucket, examples, tmp_path)
@@ -113,9 +121,7 @@ def test_distributed_fit_equals_the_single_process_fit(
 def test_distributed_model_matches_the_single_process_model(
     client: Client, tmp_path: Path, examples: list[Example]
 ) -> None:
-    for i in range(6):
-        write_examples(tmp_path / f"part-{i}.jsonl.gz", examples[i * 1500 : (i + 1) * 1500])
-    sources = expand_sources([str(tmp_path / "part-*.jsonl.gz")])
+    sources = _write_parts(tmp_path, examples, 6, "part-{}.jsonl.gz")
     single = train(examples, CONFIG)
     dist = train_distributed(client, sources, CONFIG)
     m, s = dist.metrics, single.metrics
@@ -139,9 +145,7 @@ def test_distributed_model_matches_the_single_process_model(
 def test_per_bidder_negative_rates_on_the_cluster(
     client: Client, tmp_path: Path, examples: list[Example]
 ) -> None:
-    for i in range(3):
-        write_examples(tmp_path / f"q{i}.jsonl", examples[i * 3000 : (i + 1) * 3000])
-    sources = expand_sources([str(tmp_path / "q*.jsonl")])
+    sources = _write_parts(tmp_path, examples, 3, "q{}.jsonl")
     rates = (("dsp-01", 0.05),)
     cfg = TrainConfig(trees=20, max_depth=5, seed=3, bidder_negative_rates=rates)
     dist = train_distributed(client, sources, cfg)
