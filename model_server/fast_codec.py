@@ -28,6 +28,8 @@ from thriftpy2.protocol import TCyBinaryProtocol
 from thriftpy2.thrift import TApplicationException, TMessageType, TProcessor
 from thriftpy2.transport import TCyMemoryBuffer
 
+from model_server.thrift_bounds import FrameBoundsError, check_call_bounds
+
 _score_reply: Callable[..., bytes] | None
 try:  # the reply in one C call (model_server/native/request_path.h); numpy when not built
     from model_server.native._forest import score_reply as _score_reply
@@ -70,7 +72,8 @@ def parse_message_header(frame: bytes) -> tuple[str, int, int, int]:
             mtype = -1
         if n < 0 or start + n > len(frame):
             raise MalformedFrameError("method name runs past the frame")
-        name = frame[start : start + n].decode()
+        # Not UTF-8: still a name no method has, answered as thriftpy2 answers it (unknown).
+        name = frame[start : start + n].decode("utf-8", "replace")
         pos = start + n
         if mtype < 0:
             mtype = frame[pos]
@@ -361,8 +364,13 @@ def generic_call(
 
     An exception the method does not declare becomes a TApplicationException INTERNAL_ERROR
     reply (and is passed to `on_internal_error`); the caller gets no detail it could leak.
-    Raises MalformedFrameError when thriftpy2 cannot decode the frame.
+    Raises MalformedFrameError when thriftpy2 cannot decode the frame, or when the call does
+    not fit in it (checked first: thriftpy2's decoder would read past the frame's end).
     """
+    try:
+        check_call_bounds(frame, processor._service)
+    except FrameBoundsError as exc:
+        raise MalformedFrameError(str(exc)) from None
     iprot = binary_protocol(TCyMemoryBuffer(frame))
     out = TCyMemoryBuffer()
     oprot = binary_protocol(out)

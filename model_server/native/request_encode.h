@@ -295,12 +295,12 @@ static int int_greater(PyObject *x, double d) {
 static double py_floordiv(double vx, double wx) {
     double mod = fmod(vx, wx);
     double div = (vx - mod) / wx;
-    if (mod) {
+    if (mod != 0.0) {
         if ((wx < 0) != (mod < 0)) {
             div -= 1.0;
         }
     }
-    if (div) {
+    if (div != 0.0) {
         double floordiv = floor(div);
         if (div - floordiv > 0.5) {
             floordiv += 1.0;
@@ -312,7 +312,7 @@ static double py_floordiv(double vx, double wx) {
 
 static double py_mod(double vx, double wx) {
     double mod = fmod(vx, wx);
-    if (mod) {
+    if (mod != 0.0) {
         if ((wx < 0) != (mod < 0)) {
             mod += wx;
         }
@@ -962,11 +962,11 @@ static int extract(Keep *kp, PyObject *req, double now, double *x, PyObject **ke
     TRY(truth(usp, &flag));
     x[F_US_PRIVACY] = flag;
 
-    PyObject *media = a.video ? re_str.video
-                      : a.banner ? re_str.banner
-                      : a.native ? re_str.native
-                      : a.audio  ? re_str.audio
-                                 : NULL;
+    PyObject *media = a.video != 0.0    ? re_str.video
+                      : a.banner != 0.0 ? re_str.banner
+                      : a.native != 0.0 ? re_str.native
+                      : a.audio != 0.0  ? re_str.audio
+                                        : NULL;
     Py_XINCREF(media);
     keys[K_MEDIA] = media;
     if (!isnan(x[F_DEVICETYPE]) && (keys[K_DEVICETYPE] = int_text(x[F_DEVICETYPE])) == NULL) {
