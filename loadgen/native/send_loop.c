@@ -26,14 +26,14 @@
 /* What advance() returns: why it handed control back. */
 enum { HOUSEKEEPING = 0, CHUNK_END = 1, EVENT = 2, CHANGED = 3 };
 
-#define RECV_BYTES (1 << 18)
-#define MAX_FRAME (64 << 20)
+#define RECV_BYTES     (1 << 18)
+#define MAX_FRAME      (64 << 20)
 #define MIN_FRAME_BODY 13 /* header, empty name, seqid, STOP */
-#define SEQ_MASK 0x7FFFFFFF
-#define REPLY_VT ((int32_t)0x80010002u)
-#define T_STRUCT 12
-#define MAX_EVENTS 256
-#define FD_PYTHON (-2) /* an fd Python must look at (a connect in progress) */
+#define SEQ_MASK       0x7FFFFFFF
+#define REPLY_VT       ((int32_t)0x80010002u)
+#define T_STRUCT       12
+#define MAX_EVENTS     256
+#define FD_PYTHON      (-2) /* an fd Python must look at (a connect in progress) */
 
 /* One connection, as seen at the start of an advance() call (borrowed references). */
 typedef struct {
@@ -48,8 +48,8 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    /* set at construction */
-    PyObject *worker;
+        /* set at construction */
+        PyObject *worker;
     PyObject *conns;         /* list of Connection */
     PyObject *frames;        /* list of bytes */
     PyObject *sec_lat;       /* list of array('q') */
@@ -84,8 +84,8 @@ typedef struct {
 } SendLoop;
 
 static PyObject *str_inflight, *str_out, *str_rbuf, *str_state, *str_fd, *str_writing,
-    *str_answered, *str_append, *str_on_data, *str_on_eof, *str_on_socket_error,
-    *str_overloaded, *str_empty_bytes, *str_empty;
+    *str_answered, *str_append, *str_on_data, *str_on_eof, *str_on_socket_error, *str_overloaded,
+    *str_empty_bytes, *str_empty;
 
 static inline double mono_now(const SendLoop *self) {
     struct timespec ts;
@@ -155,9 +155,11 @@ static void release_chunk(SendLoop *self) {
 }
 
 /* The Python objects a SendLoop holds, for the garbage collector. */
+// clang-format off
 #define SL_OBJECTS(X)                                                                          \
     X(worker) X(conns) X(frames) X(sec_lat) X(sec_sent) X(sec_late) X(sec_drop) X(completions) \
     X(count_quality) X(backlog)
+// clang-format on
 
 static int SendLoop_traverse(SendLoop *self, visitproc visit, void *arg) {
 #define SL_VISIT(name) Py_VISIT(self->name);
@@ -184,23 +186,23 @@ static void SendLoop_dealloc(SendLoop *self) {
 }
 
 static int SendLoop_init(SendLoop *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"worker",        "epfd",         "t0",          "frames",
-                             "sec_lat",       "sec_sent",     "sec_late",    "sec_drop",
-                             "completions",   "count_quality", "warm",       "late_threshold",
-                             "max_lag",       "spin_below",   "max_inflight", "quality_every",
-                             "seq_offset",    "send_batch",   "state_up",
-                             "state_connecting", NULL};
+    static char *kwlist[] = {"worker",      "epfd",          "t0",           "frames",
+                             "sec_lat",     "sec_sent",      "sec_late",     "sec_drop",
+                             "completions", "count_quality", "warm",         "late_threshold",
+                             "max_lag",     "spin_below",    "max_inflight", "quality_every",
+                             "seq_offset",  "send_batch",    "state_up",     "state_connecting",
+                             NULL};
     PyObject *worker, *frames, *sec_lat, *sec_sent, *sec_late, *sec_drop, *completions,
         *count_quality;
     int epfd, up, connecting;
     double t0, warm, late_threshold, max_lag, spin_below;
     Py_ssize_t max_inflight, quality_every, seq_offset, send_batch;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OidO!O!O!O!O!O!Oddddnnnnii", kwlist, &worker, &epfd, &t0, &PyList_Type,
-            &frames, &PyList_Type, &sec_lat, &PyList_Type, &sec_sent, &PyList_Type, &sec_late,
-            &PyList_Type, &sec_drop, &PyList_Type, &completions, &count_quality, &warm,
-            &late_threshold, &max_lag, &spin_below, &max_inflight, &quality_every, &seq_offset,
-            &send_batch, &up, &connecting)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OidO!O!O!O!O!O!Oddddnnnnii", kwlist, &worker,
+                                     &epfd, &t0, &PyList_Type, &frames, &PyList_Type, &sec_lat,
+                                     &PyList_Type, &sec_sent, &PyList_Type, &sec_late, &PyList_Type,
+                                     &sec_drop, &PyList_Type, &completions, &count_quality, &warm,
+                                     &late_threshold, &max_lag, &spin_below, &max_inflight,
+                                     &quality_every, &seq_offset, &send_batch, &up, &connecting)) {
         return -1;
     }
     if (send_batch < 1) {
@@ -589,9 +591,9 @@ static int send_due(SendLoop *self, double now) {
                         r = PyObject_CallMethodObjArgs(self->worker, str_overloaded, t, at, NULL);
                     } else { /* wait for a connection, at most --timeout */
                         PyObject *entry = Py_BuildValue("(LOO)", seq, t, str_empty);
-                        r = entry ? PyObject_CallMethodObjArgs(self->backlog, str_append, entry,
-                                                               NULL)
-                                  : NULL;
+                        r = entry
+                                ? PyObject_CallMethodObjArgs(self->backlog, str_append, entry, NULL)
+                                : NULL;
                         Py_XDECREF(entry);
                     }
                 }
@@ -655,8 +657,7 @@ static int record(SendLoop *self, double t, double now) {
 
 /* Worker._on_data for the frames it expects: every complete success reply is matched and
  * recorded; from the first frame that is anything else, Python takes the rest. */
-static int on_data(SendLoop *self, Slot *s, const unsigned char *buf, Py_ssize_t end,
-                   double now) {
+static int on_data(SendLoop *self, Slot *s, const unsigned char *buf, Py_ssize_t end, double now) {
     Py_ssize_t pos = 0;
     int answered = 0;
     while (end - pos >= 17) {
@@ -785,10 +786,10 @@ static int wait_events(SendLoop *self, struct epoll_event *events, double wait) 
             Py_BEGIN_ALLOW_THREADS Py_END_ALLOW_THREADS
         }
     } else {
-        Py_BEGIN_ALLOW_THREADS
-        if (wait > 0.0015) {
+        Py_BEGIN_ALLOW_THREADS if (wait > 0.0015) {
             n = epoll_wait(self->epfd, events, MAX_EVENTS, (int)ceil((wait - 0.001) * 1000.0));
-        } else { /* epoll's timeout is in ms; ppoll's in ns */
+        }
+        else { /* epoll's timeout is in ms; ppoll's in ns */
             struct pollfd p = {.fd = self->epfd, .events = POLLIN};
             struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(wait * 1e9)};
             n = ppoll(&p, 1, &ts, NULL);
@@ -995,17 +996,23 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_send_loop",
-    "The load generator's sending loop in C; loadgen/engine.py holds the Python reference.", -1,
-    module_methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    "_send_loop",
+    "The load generator's sending loop in C; loadgen/engine.py holds the Python reference.",
+    -1,
+    module_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
-#define INTERN(var, text)                                                                      \
-    do {                                                                                       \
-        var = PyUnicode_InternFromString(text);                                                \
-        if (var == NULL) {                                                                     \
-            return NULL;                                                                       \
-        }                                                                                      \
+#define INTERN(var, text)                                                                          \
+    do {                                                                                           \
+        var = PyUnicode_InternFromString(text);                                                    \
+        if (var == NULL) {                                                                         \
+            return NULL;                                                                           \
+        }                                                                                          \
     } while (0)
 
 PyMODINIT_FUNC PyInit__send_loop(void) {

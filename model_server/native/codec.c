@@ -6,8 +6,8 @@
 #include <string.h>
 
 /* A strict CALL message for "score" up to its seqid: version | CALL, name length, name. */
-static const unsigned char SCORE_CALL_HEAD[] = {0x80, 0x01, 0x00, 0x01, 0x00, 0x00,
-                                                0x00, 0x05, 's',  'c',  'o',  'r',  'e'};
+static const unsigned char SCORE_CALL_HEAD[] = {0x80, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00,
+                                                0x05, 's',  'c',  'o',  'r',  'e'};
 #define HEAD_LEN ((Py_ssize_t)sizeof SCORE_CALL_HEAD)
 /* After the seqid: field 1 (bid_request) is a string. */
 static const unsigned char BID_REQUEST_FIELD[] = {0x0b, 0x00, 0x01};
@@ -88,8 +88,14 @@ static PyMethodDef codec_methods[] = {
 };
 
 static struct PyModuleDef codec_module = {
-    PyModuleDef_HEAD_INIT, "_codec", "Thrift byte work of the score hot path.", -1,
-    codec_methods,         NULL,     NULL,                                      NULL,
+    PyModuleDef_HEAD_INIT,
+    "_codec",
+    "Thrift byte work of the score hot path.",
+    -1,
+    codec_methods,
+    NULL,
+    NULL,
+    NULL,
     NULL,
 };
 

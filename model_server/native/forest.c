@@ -31,15 +31,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "request_path.h"
 #include "request_encode.h"
+#include "request_path.h"
 #include "request_scan.h"
 
-#define BLOCK 16              /* rows walked together through one tree */
-#define RELEASE_GIL_ROWS 64   /* below this, dropping the GIL costs more than it gives */
-#define STACK_FEATURES 128    /* widened rows of up to this many features live on the stack */
+#define BLOCK             16  /* rows walked together through one tree */
+#define RELEASE_GIL_ROWS  64  /* below this, dropping the GIL costs more than it gives */
+#define STACK_FEATURES    128 /* widened rows of up to this many features live on the stack */
 #define PERFECT_MAX_DEPTH 10  /* deeper trees would waste too much memory when made perfect */
-#define MAX_DEPTH 4096
+#define MAX_DEPTH         4096
 
 #if defined(__GNUC__)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -63,15 +63,14 @@ typedef struct {
 } LinkedNode;
 
 typedef struct {
-    PyObject_HEAD
-    int perfect;            /* which layout the trees use */
-    PerfectNode *pnodes;    /* perfect: tree t at pnodes + node_offset[t] */
-    LinkedNode *lnodes;     /* linked: tree t's root at lnodes[node_offset[t]] */
-    float *leaf_value;      /* perfect: bottom level of tree t at leaf_offset[t]; linked: per node */
+    PyObject_HEAD int perfect; /* which layout the trees use */
+    PerfectNode *pnodes;       /* perfect: tree t at pnodes + node_offset[t] */
+    LinkedNode *lnodes;        /* linked: tree t's root at lnodes[node_offset[t]] */
+    float *leaf_value; /* perfect: bottom level of tree t at leaf_offset[t]; linked: per node */
     int32_t *node_offset;
     int32_t *leaf_offset;
     int32_t *depths;
-    Py_ssize_t n_nodes;     /* nodes in the model as given, for reporting */
+    Py_ssize_t n_nodes; /* nodes in the model as given, for reporting */
     Py_ssize_t n_trees;
     Py_ssize_t n_features;
     float base_margin;
@@ -356,8 +355,8 @@ static int validate(const Source *src, Py_ssize_t n_nodes, const int32_t *roots,
                     const int32_t *depths, Py_ssize_t n_trees) {
     for (Py_ssize_t i = 0; i < n_nodes; i++) {
         const int is_leaf = src->left[i] == i;
-        if (src->left[i] < 0 || (!is_leaf && src->left[i] >= n_nodes - 1) ||
-            src->feature[i] < 0 || src->feature[i] >= src->n_features) {
+        if (src->left[i] < 0 || (!is_leaf && src->left[i] >= n_nodes - 1) || src->feature[i] < 0 ||
+            src->feature[i] >= src->n_features) {
             PyErr_Format(PyExc_ValueError, "node %zd has a child or feature out of range", i);
             return -1;
         }
@@ -398,9 +397,9 @@ static int32_t subtree_depth(const Source *src, int32_t g, int32_t limit) {
 enum { V_LEFT, V_FEATURE, V_DEFAULT_LEFT, V_COND, V_ROOTS, V_DEPTHS, N_VECTORS };
 
 static int forest_init(ForestObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"left",      "feature",           "default_left", "cond",
-                             "roots",     "depths",            "n_features",   "base_margin",
-                             "transform", "perfect_max_depth", NULL};
+    static char *kwlist[] = {
+        "left",        "feature",   "default_left",      "cond", "roots", "depths", "n_features",
+        "base_margin", "transform", "perfect_max_depth", NULL};
     PyObject *objs[N_VECTORS];
     Py_ssize_t n_features;
     float base_margin;
@@ -542,8 +541,7 @@ static PyObject *forest_predict(ForestObject *self, PyObject *const *args, Py_ss
     }
     int rc;
     if (n >= RELEASE_GIL_ROWS) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = eval_rows(self, in.buf, n, out.buf);
+        Py_BEGIN_ALLOW_THREADS rc = eval_rows(self, in.buf, n, out.buf);
         Py_END_ALLOW_THREADS
     } else {
         rc = eval_rows(self, in.buf, n, out.buf);
@@ -592,8 +590,7 @@ static PyGetSetDef forest_getset[] = {
 };
 
 static PyTypeObject ForestType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "model_server.native._forest.Forest",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "model_server.native._forest.Forest",
     .tp_doc = "A tree ensemble laid out for fast evaluation of float32 rows.",
     .tp_basicsize = sizeof(ForestObject),
     .tp_itemsize = 0,

@@ -34,34 +34,118 @@
 /* ---- layout shared with model_server/features.py (checked when an encoder is built) ------ */
 
 enum {
-    F_N_IMP, F_HAS_BANNER, F_HAS_VIDEO, F_HAS_NATIVE, F_HAS_AUDIO, F_BANNER_W, F_BANNER_H,
-    F_N_SIZES, F_VIDEO_MAXDURATION, F_VIDEO_PLCMT, F_VIDEO_PLACEMENT, F_FLOOR_MAX, F_FLOOR_MIN,
-    F_INVENTORY, F_DEVICETYPE, F_CONNECTIONTYPE, F_JS, F_HAS_USER_ID, F_HAS_IFA, F_DNT, F_LMT,
-    F_HOUR, F_DOW, F_SECURE, F_INSTL, F_HAS_PMP, F_N_DEALS, F_PRIVATE_AUCTION, F_GDPR, F_COPPA,
-    F_US_PRIVACY, RE_N_NUMERIC
+    F_N_IMP,
+    F_HAS_BANNER,
+    F_HAS_VIDEO,
+    F_HAS_NATIVE,
+    F_HAS_AUDIO,
+    F_BANNER_W,
+    F_BANNER_H,
+    F_N_SIZES,
+    F_VIDEO_MAXDURATION,
+    F_VIDEO_PLCMT,
+    F_VIDEO_PLACEMENT,
+    F_FLOOR_MAX,
+    F_FLOOR_MIN,
+    F_INVENTORY,
+    F_DEVICETYPE,
+    F_CONNECTIONTYPE,
+    F_JS,
+    F_HAS_USER_ID,
+    F_HAS_IFA,
+    F_DNT,
+    F_LMT,
+    F_HOUR,
+    F_DOW,
+    F_SECURE,
+    F_INSTL,
+    F_HAS_PMP,
+    F_N_DEALS,
+    F_PRIVATE_AUCTION,
+    F_GDPR,
+    F_COPPA,
+    F_US_PRIVACY,
+    RE_N_NUMERIC
 };
 static const char *const re_numeric_names[RE_N_NUMERIC] = {
-    "n_imp", "has_banner", "has_video", "has_native", "has_audio", "banner_w", "banner_h",
-    "n_sizes", "video_maxduration", "video_plcmt", "video_placement", "floor_max", "floor_min",
-    "inventory", "devicetype", "connectiontype", "js", "has_user_id", "has_ifa", "dnt", "lmt",
-    "hour", "dow", "secure", "instl", "has_pmp", "n_deals", "private_auction", "gdpr", "coppa",
+    "n_imp",
+    "has_banner",
+    "has_video",
+    "has_native",
+    "has_audio",
+    "banner_w",
+    "banner_h",
+    "n_sizes",
+    "video_maxduration",
+    "video_plcmt",
+    "video_placement",
+    "floor_max",
+    "floor_min",
+    "inventory",
+    "devicetype",
+    "connectiontype",
+    "js",
+    "has_user_id",
+    "has_ifa",
+    "dnt",
+    "lmt",
+    "hour",
+    "dow",
+    "secure",
+    "instl",
+    "has_pmp",
+    "n_deals",
+    "private_auction",
+    "gdpr",
+    "coppa",
     "us_privacy",
 };
 
 enum {
-    K_SIZE, K_CUR, K_PUBLISHER, K_DOMAIN, K_BUNDLE, K_PROPERTY, K_CAT_TIER1, K_CAT, K_OS, K_MAKE,
-    K_COUNTRY, K_REGION, K_MEDIA, K_DEVICETYPE, K_CONNECTIONTYPE, K_HOUR, K_FLOOR_BAND, RE_N_KEYS
+    K_SIZE,
+    K_CUR,
+    K_PUBLISHER,
+    K_DOMAIN,
+    K_BUNDLE,
+    K_PROPERTY,
+    K_CAT_TIER1,
+    K_CAT,
+    K_OS,
+    K_MAKE,
+    K_COUNTRY,
+    K_REGION,
+    K_MEDIA,
+    K_DEVICETYPE,
+    K_CONNECTIONTYPE,
+    K_HOUR,
+    K_FLOOR_BAND,
+    RE_N_KEYS
 };
 static const char *const re_key_names[RE_N_KEYS] = {
-    "size", "cur", "publisher", "domain", "bundle", "property", "cat_tier1", "cat", "os", "make",
-    "country", "region", "media", "devicetype_key", "connectiontype_key", "hour_key",
+    "size",
+    "cur",
+    "publisher",
+    "domain",
+    "bundle",
+    "property",
+    "cat_tier1",
+    "cat",
+    "os",
+    "make",
+    "country",
+    "region",
+    "media",
+    "devicetype_key",
+    "connectiontype_key",
+    "hour_key",
     "floor_band",
 };
 
-#define RE_MAX_HEAD 8   /* leading bidder-table columns (index, overall rate, ...) */
+#define RE_MAX_HEAD   8  /* leading bidder-table columns (index, overall rate, ...) */
 #define RE_SMALL_INTS 64 /* "0".."63", features._INT_STR */
 
 /* Interned strings: request field names, method names, and constant values. */
+// clang-format off
 #define RE_NAMES(X)                                                                            \
     X(imp) X(banner) X(format) X(w) X(h) X(video) X(maxduration) X(rqddurs) X(plcmt)           \
     X(placement) X(native) X(audio) X(bidfloor) X(bidfloorcur) X(secure) X(instl) X(pmp)       \
@@ -70,6 +154,7 @@ static const char *const re_key_names[RE_N_KEYS] = {
     X(sua) X(platform) X(brand) X(make) X(user) X(geo) X(country) X(region) X(buyeruid) X(ifa) \
     X(regs) X(gdpr) X(us_privacy) X(ext) X(js) X(dnt) X(lmt) X(coppa) X(upper) X(lower)        \
     X(USD) X(IAB)
+// clang-format on
 
 static struct {
 #define RE_DECLARE(n) PyObject *n;
@@ -82,9 +167,9 @@ static struct {
 static uint32_t re_crc_table[256];
 
 static int re_init_constants(void) {
-#define RE_INTERN(n)                                                                           \
-    if ((re_str.n = PyUnicode_InternFromString(#n)) == NULL) {                                 \
-        return -1;                                                                             \
+#define RE_INTERN(n)                                                                               \
+    if ((re_str.n = PyUnicode_InternFromString(#n)) == NULL) {                                     \
+        return -1;                                                                                 \
     }
     RE_NAMES(RE_INTERN)
 #undef RE_INTERN
@@ -167,17 +252,17 @@ static int get(Keep *k, PyObject *d, PyObject *key, PyObject **out) {
     return keep(k, v);
 }
 
-#define GET(out, d, name)                                                                      \
-    do {                                                                                       \
-        if (get(kp, (d), re_str.name, &(out)) < 0) {                                           \
-            goto fail;                                                                         \
-        }                                                                                      \
+#define GET(out, d, name)                                                                          \
+    do {                                                                                           \
+        if (get(kp, (d), re_str.name, &(out)) < 0) {                                               \
+            goto fail;                                                                             \
+        }                                                                                          \
     } while (0)
-#define TRY(call)                                                                              \
-    do {                                                                                       \
-        if ((call) < 0) {                                                                      \
-            goto fail;                                                                         \
-        }                                                                                      \
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        if ((call) < 0) {                                                                          \
+            goto fail;                                                                             \
+        }                                                                                          \
     } while (0)
 
 /* ---- Python's scalar semantics -------------------------------------------------------------- */
@@ -322,7 +407,8 @@ static double py_mod(double vx, double wx) {
     return mod;
 }
 
-/* ---- strings ---------------------------------------------------------------------------------- */
+/* ---- strings ----------------------------------------------------------------------------------
+ */
 
 static int span_is_ascii(PyObject *s, Py_ssize_t lo, Py_ssize_t hi) {
     if (PyUnicode_IS_ASCII(s)) {
@@ -520,9 +606,9 @@ static int stable_bucket(PyObject *s, Py_ssize_t buckets, Py_ssize_t *out) {
     if (b == NULL) {
         return -1;
     }
-    *out = (Py_ssize_t)(crc32_bytes((const unsigned char *)PyBytes_AS_STRING(b),
-                                    PyBytes_GET_SIZE(b)) %
-                        (uint32_t)buckets);
+    *out =
+        (Py_ssize_t)(crc32_bytes((const unsigned char *)PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)) %
+                     (uint32_t)buckets);
     Py_DECREF(b);
     return 0;
 }
@@ -869,8 +955,14 @@ fail:
 
 static int extract(Keep *kp, PyObject *req, double now, double *x, PyObject **keys) {
     PyObject *imps, *device, *user, *o, *uid, *regs, *gdpr, *usp, *ext;
-    Imps a = {.bw = NAN, .bh = NAN, .vdur = NAN, .vplcmt = NAN, .vplacement = NAN,
-              .fmax = -INFINITY, .fmin = INFINITY, .secure = NAN};
+    Imps a = {.bw = NAN,
+              .bh = NAN,
+              .vdur = NAN,
+              .vplcmt = NAN,
+              .vplacement = NAN,
+              .fmax = -INFINITY,
+              .fmin = INFINITY,
+              .secure = NAN};
     int flag;
     GET(imps, req, imp);
     if (!is_list(imps)) {
@@ -995,17 +1087,17 @@ fail:
     return -1;
 }
 
-/* ---- the encoder ------------------------------------------------------------------------------ */
+/* ---- the encoder ------------------------------------------------------------------------------
+ */
 
 typedef struct {
-    Py_ssize_t key;            /* index into the extracted values (K_*) */
-    PyObject *map;             /* value (None: missing) -> code; the pipeline's dict */
+    Py_ssize_t key; /* index into the extracted values (K_*) */
+    PyObject *map;  /* value (None: missing) -> code; the pipeline's dict */
     Py_ssize_t base, n_values, buckets;
 } KeyPlan;
 
 typedef struct {
-    PyObject_HEAD
-    KeyPlan code[RE_N_KEYS], cross[RE_N_KEYS];
+    PyObject_HEAD KeyPlan code[RE_N_KEYS], cross[RE_N_KEYS];
     Py_ssize_t n_code, n_cross, head, cache_limit;
     Py_buffer table;
     int have_table;
@@ -1142,8 +1234,8 @@ fail:
 }
 
 /* One request's rows for `n` bidders (table row indexes, already checked) into `dst`. */
-static int encoder_fill_rows(EncoderObject *e, PyObject *req, double now,
-                             const Py_ssize_t *bidders, Py_ssize_t n, float *dst) {
+static int encoder_fill_rows(EncoderObject *e, PyObject *req, double now, const Py_ssize_t *bidders,
+                             Py_ssize_t n, float *dst) {
     double values[RE_N_NUMERIC + RE_N_KEYS];
     Py_ssize_t cols[RE_MAX_HEAD + RE_N_KEYS];
     const Py_ssize_t r = RE_N_NUMERIC + e->n_code, c = e->head + e->n_cross;
@@ -1157,8 +1249,7 @@ static int encoder_fill_rows(EncoderObject *e, PyObject *req, double now,
     }
     for (Py_ssize_t j = 0; j < c; j++) {
         if (cols[j] < 0 || cols[j] >= n_cols) {
-            PyErr_Format(PyExc_IndexError, "column %zd is out of range [0, %zd)", cols[j],
-                         n_cols);
+            PyErr_Format(PyExc_IndexError, "column %zd is out of range [0, %zd)", cols[j], n_cols);
             return -1;
         }
     }
@@ -1211,7 +1302,8 @@ done:
     return result;
 }
 
-/* ---- construction ----------------------------------------------------------------------------- */
+/* ---- construction -----------------------------------------------------------------------------
+ */
 
 static int check_names(PyObject *given, const char *const *expected, Py_ssize_t n,
                        const char *what) {
@@ -1302,15 +1394,14 @@ static void encoder_clear(EncoderObject *e) {
 static int encoder_init(EncoderObject *e, PyObject *args, PyObject *kwds) {
     PyObject *numeric_names, *key_names, *code_plan, *cross_plan, *table;
     Py_ssize_t head, cache_limit;
-    static char *kwlist[] = {"numeric_names", "key_names", "code_plan", "cross_plan",
-                             "bidder_cols", "cache_limit", "table", NULL};
+    static char *kwlist[] = {"numeric_names", "key_names",   "code_plan", "cross_plan",
+                             "bidder_cols",   "cache_limit", "table",     NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOnnO", kwlist, &numeric_names, &key_names,
                                      &code_plan, &cross_plan, &head, &cache_limit, &table)) {
         return -1;
     }
     encoder_clear(e);
-    if (check_names(numeric_names, re_numeric_names, RE_N_NUMERIC, "numeric feature names") <
-            0 ||
+    if (check_names(numeric_names, re_numeric_names, RE_N_NUMERIC, "numeric feature names") < 0 ||
         check_names(key_names, re_key_names, RE_N_KEYS, "categorical key names") < 0) {
         return -1;
     }
@@ -1346,8 +1437,7 @@ static PyMethodDef encoder_methods[] = {
 };
 
 static PyTypeObject EncoderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "model_server.native._forest.RequestEncoder",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "model_server.native._forest.RequestEncoder",
     .tp_doc = "Bid request to feature values and rows, as model_server.features does it.",
     .tp_basicsize = sizeof(EncoderObject),
     .tp_itemsize = 0,

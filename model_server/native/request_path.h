@@ -38,8 +38,8 @@ static int add_type(PyObject *module, const char *name, PyTypeObject *type) {
 }
 
 /* A C-contiguous buffer of 4- or 8-byte floats with `ndim` dimensions. */
-static int get_float_buffer(PyObject *obj, const char *name, int ndim, int itemsize,
-                            int writable, Py_buffer *view) {
+static int get_float_buffer(PyObject *obj, const char *name, int ndim, int itemsize, int writable,
+                            Py_buffer *view) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) != 0) {
         return -1;
@@ -67,8 +67,7 @@ static int index_at(PyObject *seq, Py_ssize_t i, Py_ssize_t limit, const char *n
         return -1;
     }
     if (v < 0 || v >= limit) {
-        PyErr_Format(PyExc_IndexError, "%s[%zd] = %zd is out of range [0, %zd)", name, i, v,
-                     limit);
+        PyErr_Format(PyExc_IndexError, "%s[%zd] = %zd is out of range [0, %zd)", name, i, v, limit);
         return -1;
     }
     *out = v;
@@ -280,16 +279,16 @@ done:
     return result;
 }
 
-#define REQUEST_PATH_METHODS                                                                   \
-    {"fill_rows", (PyCFunction)(void (*)(void))rp_fill_rows, METH_FASTCALL,                    \
-     "fill_rows(values, columns, bidders, table, out): one request's feature rows: "           \
-     "out[i, :r] = values, out[i, r + j] = table[bidders[i], columns[j]]."},                   \
-    {                                                                                          \
-        "score_reply", (PyCFunction)(void (*)(void))rp_score_reply, METH_FASTCALL,             \
-            "score_reply(head, tail, positions, flag_offset, probabilities, thresholds) -> "   \
-            "bytes: head + tail with each probability written as a big-endian double at "      \
-            "len(head) + positions[j] and the flag probability >= thresholds[j] "              \
-            "flag_offset bytes after it."                                                      \
+#define REQUEST_PATH_METHODS                                                                       \
+    {"fill_rows", (PyCFunction)(void (*)(void))rp_fill_rows, METH_FASTCALL,                        \
+     "fill_rows(values, columns, bidders, table, out): one request's feature rows: "               \
+     "out[i, :r] = values, out[i, r + j] = table[bidders[i], columns[j]]."},                       \
+    {                                                                                              \
+        "score_reply", (PyCFunction)(void (*)(void))rp_score_reply, METH_FASTCALL,                 \
+            "score_reply(head, tail, positions, flag_offset, probabilities, thresholds) -> "       \
+            "bytes: head + tail with each probability written as a big-endian double at "          \
+            "len(head) + positions[j] and the flag probability >= thresholds[j] "                  \
+            "flag_offset bytes after it."                                                          \
     }
 
 #endif

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define SCAN_MAX_DEPTH 64
+#define SCAN_MAX_DEPTH      64
 #define SCAN_MAX_INT_DIGITS 18 /* always fits a long long */
 
 /* ---- the fields that are built ------------------------------------------------------------ */
@@ -38,11 +38,11 @@ typedef struct ScanSchema ScanSchema;
 typedef struct {
     const char *name;
     Py_ssize_t len;
-    int kind;                 /* SCAN_FULL: the whole value; SCAN_OBJECT: an object built by
-                                 `sub` (any other value whole); SCAN_LIST: a list whose object
-                                 items are built by `sub` (any other value whole) */
+    int kind; /* SCAN_FULL: the whole value; SCAN_OBJECT: an object built by
+                 `sub` (any other value whole); SCAN_LIST: a list whose object
+                 items are built by `sub` (any other value whole) */
     const ScanSchema *sub;
-    PyObject **key;           /* the interned key (re_str) */
+    PyObject **key; /* the interned key (re_str) */
 } ScanField;
 
 struct ScanSchema {
@@ -50,12 +50,15 @@ struct ScanSchema {
     int n;
 };
 
-#define SCAN_F(n) {#n, sizeof #n - 1, SCAN_FULL, NULL, &re_str.n}
-#define SCAN_O(n, s) {#n, sizeof #n - 1, SCAN_OBJECT, &(s), &re_str.n}
-#define SCAN_L(n, s) {#n, sizeof #n - 1, SCAN_LIST, &(s), &re_str.n}
-#define SCAN_SCHEMA(name, ...)                                                                 \
-    static const ScanField name##_fields[] = {__VA_ARGS__};                                    \
-    static const ScanSchema name = {name##_fields,                                             \
+#define SCAN_F(n)                                                                                  \
+    { #n, sizeof #n - 1, SCAN_FULL, NULL, &re_str.n }
+#define SCAN_O(n, s)                                                                               \
+    { #n, sizeof #n - 1, SCAN_OBJECT, &(s), &re_str.n }
+#define SCAN_L(n, s)                                                                               \
+    { #n, sizeof #n - 1, SCAN_LIST, &(s), &re_str.n }
+#define SCAN_SCHEMA(name, ...)                                                                     \
+    static const ScanField name##_fields[] = {__VA_ARGS__};                                        \
+    static const ScanSchema name = {name##_fields,                                                 \
                                     (int)(sizeof name##_fields / sizeof name##_fields[0])}
 
 /* Only the presence of an object is read (imp.native, imp.audio, pmp.deals' items). */
@@ -79,11 +82,10 @@ SCAN_SCHEMA(SCAN_DEVICE, SCAN_F(devicetype), SCAN_F(connectiontype), SCAN_F(os),
             SCAN_F(dnt), SCAN_F(lmt));
 SCAN_SCHEMA(SCAN_USER, SCAN_F(id), SCAN_F(buyeruid), SCAN_O(geo, SCAN_GEO));
 SCAN_SCHEMA(SCAN_REGS_EXT, SCAN_F(gdpr), SCAN_F(us_privacy));
-SCAN_SCHEMA(SCAN_REGS, SCAN_F(gdpr), SCAN_F(us_privacy), SCAN_O(ext, SCAN_REGS_EXT),
-            SCAN_F(coppa));
+SCAN_SCHEMA(SCAN_REGS, SCAN_F(gdpr), SCAN_F(us_privacy), SCAN_O(ext, SCAN_REGS_EXT), SCAN_F(coppa));
 SCAN_SCHEMA(SCAN_ROOT, SCAN_F(id), SCAN_L(imp, SCAN_IMP), SCAN_O(site, SCAN_INVENTORY),
-            SCAN_O(app, SCAN_INVENTORY), SCAN_O(dooh, SCAN_INVENTORY),
-            SCAN_O(device, SCAN_DEVICE), SCAN_O(user, SCAN_USER), SCAN_O(regs, SCAN_REGS));
+            SCAN_O(app, SCAN_INVENTORY), SCAN_O(dooh, SCAN_INVENTORY), SCAN_O(device, SCAN_DEVICE),
+            SCAN_O(user, SCAN_USER), SCAN_O(regs, SCAN_REGS));
 
 /* ---- the parser --------------------------------------------------------------------------- */
 
@@ -96,12 +98,12 @@ typedef struct {
     Py_ssize_t cap;
 } Scan;
 
-#define SCAN_TRY(call)                                                                         \
-    do {                                                                                       \
-        int scan_rc_ = (call);                                                                 \
-        if (scan_rc_ <= 0) {                                                                   \
-            return scan_rc_;                                                                   \
-        }                                                                                      \
+#define SCAN_TRY(call)                                                                             \
+    do {                                                                                           \
+        int scan_rc_ = (call);                                                                     \
+        if (scan_rc_ <= 0) {                                                                       \
+            return scan_rc_;                                                                       \
+        }                                                                                          \
     } while (0)
 
 static inline void scan_ws(Scan *s) {
@@ -157,7 +159,7 @@ static Py_ssize_t scan_utf8_len(const unsigned char *p, const unsigned char *end
 }
 
 static inline int scan_hex(unsigned char c) {
-    return c >= '0' && c <= '9' ? c - '0'
+    return c >= '0' && c <= '9'   ? c - '0'
            : c >= 'a' && c <= 'f' ? c - 'a' + 10
            : c >= 'A' && c <= 'F' ? c - 'A' + 10
                                   : -1;
@@ -256,8 +258,8 @@ static int scan_reserve(Scan *s, Py_ssize_t n) {
 }
 
 /* A checked string's raw bytes as a str. */
-static int scan_make_string(Scan *s, const unsigned char *a, const unsigned char *b,
-                            int escaped, PyObject **out) {
+static int scan_make_string(Scan *s, const unsigned char *a, const unsigned char *b, int escaped,
+                            PyObject **out) {
     if (!escaped) {
         *out = PyUnicode_DecodeUTF8((const char *)a, b - a, "strict");
         return *out == NULL ? -1 : 1;
@@ -288,8 +290,12 @@ static int scan_make_string(Scan *s, const unsigned char *a, const unsigned char
             p += 6;
             continue;
         }
-        *d++ = e == 'b' ? '\b' : e == 'f' ? '\f' : e == 'n' ? '\n' : e == 'r' ? '\r'
-               : e == 't' ? '\t' : (char)e;
+        *d++ = e == 'b'   ? '\b'
+               : e == 'f' ? '\f'
+               : e == 'n' ? '\n'
+               : e == 'r' ? '\r'
+               : e == 't' ? '\t'
+                          : (char)e;
         p += 2;
     }
     *out = PyUnicode_DecodeUTF8(s->buf, d - s->buf, "strict");
@@ -472,9 +478,8 @@ static int scan_list(Scan *s, const ScanSchema *items, PyObject **out) {
         do {
             PyObject *item;
             scan_ws(s);
-            int rc = items != NULL && s->p < s->end && *s->p == '{'
-                         ? scan_select(s, items, &item)
-                         : scan_build(s, &item);
+            int rc = items != NULL && s->p < s->end && *s->p == '{' ? scan_select(s, items, &item)
+                                                                    : scan_build(s, &item);
             if (rc <= 0 || (rc = PyList_Append(list, item) == 0 ? 1 : -1) <= 0) {
                 Py_XDECREF(item);
                 Py_DECREF(list);
@@ -566,7 +571,10 @@ static int scan_build(Scan *s, PyObject **out) {
     }
     if (c == 't' || c == 'f' || c == 'n') {
         PyObject *v = c == 't' ? Py_True : c == 'f' ? Py_False : Py_None;
-        SCAN_TRY(scan_literal(s, c == 't' ? "true" : c == 'f' ? "false" : "null",
+        SCAN_TRY(scan_literal(s,
+                              c == 't'   ? "true"
+                              : c == 'f' ? "false"
+                                         : "null",
                               c == 'f' ? 5 : 4));
         Py_INCREF(v);
         *out = v;
@@ -575,8 +583,7 @@ static int scan_build(Scan *s, PyObject **out) {
     return scan_number(s, out);
 }
 
-static const ScanField *scan_field(const ScanSchema *schema, const unsigned char *a,
-                                   Py_ssize_t n) {
+static const ScanField *scan_field(const ScanSchema *schema, const unsigned char *a, Py_ssize_t n) {
     for (int i = 0; i < schema->n; i++) {
         const ScanField *f = &schema->fields[i];
         if (f->len == n && f->name[0] == (char)a[0] && memcmp(f->name, a, (size_t)n) == 0) {

@@ -35,25 +35,24 @@
 #include "request_encode.h"
 #include "request_path.h"
 
-#define SP_MAX_BOUNDS 64
+#define SP_MAX_BOUNDS  64
 #define SP_FLAG_OFFSET 11 /* fast_codec._FLAG_OFFSET: from a probability to its forward flag */
 
 /* A strict CALL message for "score" up to its seqid, then field 1 (bid_request, a string). */
 static const unsigned char SP_CALL_HEAD[] = {0x80, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00,
                                              0x05, 's',  'c',  'o',  'r',  'e'};
 static const unsigned char SP_BID_REQUEST_FIELD[] = {0x0b, 0x00, 0x01};
-#define SP_HEAD_LEN ((Py_ssize_t)sizeof SP_CALL_HEAD)
+#define SP_HEAD_LEN    ((Py_ssize_t)sizeof SP_CALL_HEAD)
 #define SP_PLAIN_START (SP_HEAD_LEN + 4 + 3 + 4)
 /* Reply after the message header and seqid: success (struct, field 0), request_id (string, 1). */
 static const unsigned char SP_REPLY_FIELDS[] = {0x0c, 0x00, 0x00, 0x0b, 0x00, 0x01};
 
 typedef struct {
-    PyObject_HEAD
-    EncoderObject *encoder;
+    PyObject_HEAD EncoderObject *encoder;
     ForestObject *forest;
     PyObject *known;
     PyObject *loads;
-    int select; /* build only the fields read (request_scan.h) before falling back to loads */
+    int select;      /* build only the fields read (request_scan.h) before falling back to loads */
     PyObject *clock; /* None: the system's real-time clock, as time.time reads it */
     PyObject *reply_head;
     PyObject *layout_name;
@@ -303,8 +302,7 @@ done:
     return reply;
 }
 
-static PyObject *score_path_call(ScorePathObject *self, PyObject *const *args,
-                                 Py_ssize_t nargs) {
+static PyObject *score_path_call(ScorePathObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "call(data, write) takes 2 arguments");
         return NULL;
@@ -326,8 +324,7 @@ static PyObject *score_path_call(ScorePathObject *self, PyObject *const *args,
     self->calls++;
     self->latency_counts[sp_bucket(self->latency_bounds, self->n_latency_bounds, seconds)]++;
     self->latency_seconds += seconds;
-    self->bidder_counts[sp_bucket(self->bidder_bounds, self->n_bidder_bounds,
-                                  (double)n_bidders)]++;
+    self->bidder_counts[sp_bucket(self->bidder_bounds, self->n_bidder_bounds, (double)n_bidders)]++;
     self->bidders_total += (double)n_bidders;
     Py_RETURN_TRUE;
 }
@@ -405,16 +402,16 @@ static void score_path_clear(ScorePathObject *self) {
 }
 
 static int score_path_init(ScorePathObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"encoder",     "forest",         "known",         "loads",
-                             "clock",       "reply_head",     "max_frame",     "max_bidders",
-                             "latency_bounds", "bidder_bounds", "select", NULL};
+    static char *kwlist[] = {"encoder",        "forest",        "known",     "loads",
+                             "clock",          "reply_head",    "max_frame", "max_bidders",
+                             "latency_bounds", "bidder_bounds", "select",    NULL};
     PyObject *encoder, *forest, *known, *loads, *clock, *reply_head, *latency, *bidder;
     Py_ssize_t max_frame, max_bidders;
     int select = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OOO!nnOO|p", kwlist, &EncoderType,
-                                     &encoder, &ForestType, &forest, &PyDict_Type, &known, &loads,
-                                     &clock, &PyBytes_Type, &reply_head, &max_frame, &max_bidders,
-                                     &latency, &bidder, &select)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OOO!nnOO|p", kwlist, &EncoderType, &encoder,
+                                     &ForestType, &forest, &PyDict_Type, &known, &loads, &clock,
+                                     &PyBytes_Type, &reply_head, &max_frame, &max_bidders, &latency,
+                                     &bidder, &select)) {
         return -1;
     }
     EncoderObject *e = (EncoderObject *)encoder;
@@ -434,10 +431,9 @@ static int score_path_init(ScorePathObject *self, PyObject *args, PyObject *kwds
         PyErr_SetString(PyExc_TypeError, "loads must be callable, clock callable or None");
         return -1;
     }
-    if (sp_read_bounds(latency, "latency_bounds", self->latency_bounds,
-                       &self->n_latency_bounds) < 0 ||
-        sp_read_bounds(bidder, "bidder_bounds", self->bidder_bounds, &self->n_bidder_bounds) <
-            0) {
+    if (sp_read_bounds(latency, "latency_bounds", self->latency_bounds, &self->n_latency_bounds) <
+            0 ||
+        sp_read_bounds(bidder, "bidder_bounds", self->bidder_bounds, &self->n_bidder_bounds) < 0) {
         return -1;
     }
     score_path_clear(self);
@@ -489,8 +485,7 @@ static PyMethodDef score_path_methods[] = {
 };
 
 static PyTypeObject ScorePathType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "model_server.native._forest.ScorePath",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "model_server.native._forest.ScorePath",
     .tp_doc = "Known `score` calls answered in one native step.",
     .tp_basicsize = sizeof(ScorePathObject),
     .tp_itemsize = 0,

@@ -96,9 +96,9 @@ def regressions(target: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def keep_regression(target: str, data: bytes) -> Path:
-    """Store a failing input under tests/ by its content hash; returns its path."""
-    folder = REGRESSIONS / target
+def keep_regression(target: str, data: bytes, root: Path = REGRESSIONS) -> Path:
+    """Store a failing input under `root` (tests/fuzz/regressions) by its content hash."""
+    folder = root / target
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / hashlib.sha1(data).hexdigest()
     path.write_bytes(data)

@@ -32,6 +32,8 @@ from model_server.openrtb import parse_bid_request, validate_bid_request
 from model_server.service import FrameHandler, ScoringService
 from model_server.synthetic import TrafficGenerator
 
+pytestmark = pytest.mark.native
+
 
 @functools.cache
 def _requests() -> list[bytes]:

@@ -23,6 +23,8 @@ from model_server.errors import (
 from model_server.features import FeaturePipeline, KeySpec, Vocabulary, stable_bucket
 from model_server.openrtb import parse_bid_request
 
+pytestmark = pytest.mark.native
+
 BIDDERS = ["dsp-a", "dsp-b", "dsp-c"]
 # 2024-03-06 (a Wednesday) 14:30:00 UTC
 WEDNESDAY_1430 = 1709735400.0

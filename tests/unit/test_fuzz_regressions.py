@@ -16,6 +16,8 @@ from model_server.fast_codec import MalformedFrameError, encode_call, generic_ca
 from model_server.thrift_bounds import OutsideProtocolError, RunsPastEndError, check_call_bounds
 from tests.fuzz import corpus, oracles
 
+pytestmark = pytest.mark.native
+
 TARGETS = sorted(oracles.TARGETS)
 
 

@@ -30,7 +30,7 @@ from loadgen.runner import RunSpec, build_plans
 from loadgen.schedule import RateSchedule
 from loadgen.traffic import synthetic_items
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.native, pytest.mark.timeout(120)]
 ENGINES = ["native", "python"]
 _HEAD = struct.Struct(">iii")
 

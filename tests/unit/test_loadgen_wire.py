@@ -12,6 +12,8 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 
 from loadgen import wire
 
+pytestmark = pytest.mark.native
+
 IDL: Any = wire.thrift_module()
 transport: Any = thriftpy2.transport
 protocol: Any = thriftpy2.protocol

@@ -26,6 +26,8 @@ from model_server.features import KEY_NAMES, NUMERIC_FEATURES, FeaturePipeline, 
 from model_server.openrtb import parse_bid_request
 from model_server.synthetic import TrafficGenerator
 
+pytestmark = pytest.mark.native
+
 IAB_EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "openrtb-2.6"
 BIDDERS = [f"dsp-{i:02d}" for i in range(1, 9)]
 NOW = 1_700_000_000.0

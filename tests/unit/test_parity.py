@@ -13,6 +13,8 @@ from model_server.features import FeaturePipeline
 from model_server.openrtb import parse_bid_request
 from model_server.synthetic import TrafficGenerator
 
+pytestmark = pytest.mark.native
+
 IAB_EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "openrtb-2.6"
 
 

@@ -19,6 +19,8 @@ from model_server.predictor import (
     probe_rows,
 )
 
+pytestmark = pytest.mark.native
+
 TOLERANCE = 1e-5
 
 

@@ -31,6 +31,8 @@ from tests.unit.test_native_encode import (
     traffic,
 )
 
+pytestmark = pytest.mark.native
+
 __all__ = ["pipeline", "traffic"]  # fixtures shared with test_native_encode
 
 IMP = b'"imp":[{"id":"1"}]'

@@ -27,6 +27,8 @@ from model_server.predictor import NativePredictor, make_predictor
 from model_server.service import FrameHandler, ScoringService
 from model_server.synthetic import TrafficGenerator
 
+pytestmark = pytest.mark.native
+
 IAB_EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "openrtb-2.6"
 
 

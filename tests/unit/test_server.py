@@ -17,6 +17,8 @@ from model_server.fast_codec import encode_call
 from model_server.synthetic import TrafficGenerator
 from tests.server_fixtures import RunningServer
 
+pytestmark = pytest.mark.native
+
 
 def _requests(n: int, seed: int) -> list[bytes]:
     gen = TrafficGenerator(seed=seed, n_bidders=8)

@@ -32,6 +32,8 @@ from model_server.serve_config import ConfigError, available_cpus, load_config
 from model_server.service import BatchTooLargeError, FrameHandler, Scored, ScoringService
 from model_server.synthetic import TrafficGenerator
 
+pytestmark = pytest.mark.native
+
 
 @pytest.fixture
 def handler(service: ScoringService) -> FrameHandler:
