@@ -270,16 +270,16 @@ def _encoding(encode: Callable[[Any, float], tuple[list[float], list[int]]], req
     return _bits(values), list(columns)
 
 
-def _strictly_equal(a: Any, b: Any) -> bool:
+def strictly_equal(a: Any, b: Any) -> bool:
     """Equal in value and type all the way down (True is not 1, -0.0 is not 0.0)."""
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
         return struct.pack("<d", a) == struct.pack("<d", b)
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_strictly_equal(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(strictly_equal(a[k], b[k]) for k in a)
     if isinstance(a, list):
-        return len(a) == len(b) and all(map(_strictly_equal, a, b))
+        return len(a) == len(b) and all(map(strictly_equal, a, b))
     return bool(a == b)
 
 
@@ -293,7 +293,7 @@ def check_scan(data: bytes) -> None:
     if selected is None:
         return  # declined: the caller hands the bytes to orjson
     _agree(isinstance(full, dict), "select_request took a non-object", selected, full)
-    _agree(_strictly_equal(selected.get("id"), full.get("id")), "request id", selected, full)
+    _agree(strictly_equal(selected.get("id"), full.get("id")), "request id", selected, full)
     pipe = subject().pipeline
     native = pipe.native_encoder
     assert native is not None

@@ -20,6 +20,7 @@ import pytest
 from bench.workload import with_exchange_extras
 from model_server.features import FeaturePipeline
 from model_server.native._forest import select_request
+from tests.fuzz.oracles import strictly_equal
 from tests.unit.test_native_encode import (
     FIELD_PATHS,
     IAB_EXAMPLES,
@@ -56,19 +57,6 @@ def _doc(body: bytes) -> bytes:
     return b'{"id":' + body + b"," + IMP + b"}"
 
 
-def _strictly_equal(a: Any, b: Any) -> bool:
-    """Equal in value and type all the way down (True is not 1, 1 is not 1.0, -0.0 is not 0.0)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return struct.pack("<d", a) == struct.pack("<d", b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_strictly_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(map(_strictly_equal, a, b))
-    return bool(a == b)
-
-
 def _valid_shape(req: Any) -> bool:
     """score_path.h's sp_valid_request: id a str, imp a non-empty list of dicts with str ids."""
     if not isinstance(req, dict) or type(req.get("id")) is not str:
@@ -100,7 +88,7 @@ def _check(pipe: FeaturePipeline | None, raw: bytes) -> bool:
     if selected is None:
         return False
     assert isinstance(full, dict), raw
-    assert _strictly_equal(selected.get("id"), full.get("id")), raw
+    assert strictly_equal(selected.get("id"), full.get("id")), raw
     assert _valid_shape(selected) == _valid_shape(full), raw
     if pipe is not None:
         assert _encoding(pipe, selected) == _encoding(pipe, full), raw
@@ -257,7 +245,7 @@ def test_strings_and_escapes_are_built_as_orjson_builds_them() -> None:
         raw = _doc(text)
         selected = select_request(raw)
         assert selected is not None, text
-        assert _strictly_equal(selected["id"], orjson.loads(raw)["id"]), text
+        assert strictly_equal(selected["id"], orjson.loads(raw)["id"]), text
 
 
 def test_numbers_are_built_as_orjson_builds_them() -> None:
@@ -282,7 +270,7 @@ def test_numbers_are_built_as_orjson_builds_them() -> None:
         if selected is None:
             continue
         taken += 1
-        assert _strictly_equal(selected["id"], orjson.loads(raw)["id"]), text
+        assert strictly_equal(selected["id"], orjson.loads(raw)["id"]), text
     assert taken > 0.9 * len(texts)
 
 
@@ -293,7 +281,7 @@ def test_duplicate_keys_keep_the_last_value_as_a_dict_does() -> None:
     )
     selected = select_request(raw)
     assert selected == {"id": "b", "device": {"make": "Apple"}, "imp": [{"id": "2"}]}
-    assert _strictly_equal(selected, {k: orjson.loads(raw)[k] for k in selected})
+    assert strictly_equal(selected, {k: orjson.loads(raw)[k] for k in selected})
 
 
 def test_only_the_fields_read_are_built() -> None:
