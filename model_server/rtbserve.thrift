@@ -76,6 +76,16 @@ struct ModelInfo {
   // Which prediction path serves: "native" (compiled tree evaluator) or "xgboost".
   6: string backend
   7: map<string, double> thresholds
+  // What a capacity profile records of the model and the pod (rtbserve capacity); optional,
+  // so clients generated before these fields keep working.
+  8: optional i32 trees
+  9: optional i32 max_depth
+  10: optional i32 workers
+  // vCPUs the server's container may use (its cgroup quota, else the CPUs it may run on).
+  11: optional double cpu_limit
+  12: optional string cpu_model
+  // As Kubernetes names it: amd64 or arm64.
+  13: optional string arch
 }
 
 service ModelServer {

@@ -122,6 +122,7 @@ class Supervisor:
             conn_max_age_seconds=c.conn_max_age_seconds,
             conn_max_requests=c.conn_max_requests,
             log_level=c.log_level,
+            workers=c.workers,
         )
 
     def _start_worker(self, spec: WorkerSpec) -> None:

@@ -48,6 +48,7 @@ from model_server.fast_codec import (
     split_plain_score_call,
 )
 from model_server.logs import kv
+from model_server.machine import this_machine
 from model_server.metrics import INTERNAL, Histogram, WorkerStats
 from model_server.openrtb import parse_bid_request
 from model_server.predictor import NativePredictor, Predictor
@@ -276,9 +277,11 @@ def to_thrift_error(exc: RequestError | BatchTooLargeError) -> Any:
 class ThriftHandler:
     """The ModelServer service for thriftpy2's processor (every call but the fast `score`)."""
 
-    def __init__(self, service: ScoringService, stats: WorkerStats) -> None:
+    def __init__(self, service: ScoringService, stats: WorkerStats, workers: int = 1) -> None:
         self._service = service
         self._stats = stats
+        self._workers = workers
+        self._machine = this_machine()
 
     def _response(self, scored: Scored) -> Any:
         bidders = self._service.bidders
@@ -332,7 +335,21 @@ class ThriftHandler:
             feature_count=s.model.pipeline.n_features,
             backend=s.backend,
             thresholds=s.thresholds(),
+            trees=s.model.booster.num_boosted_rounds(),
+            max_depth=_max_depth(s.model.manifest.params),
+            workers=self._workers,
+            cpu_limit=self._machine.cpu_limit,
+            cpu_model=self._machine.cpu_model,
+            arch=self._machine.arch,
         )
+
+
+def _max_depth(params: dict[str, Any]) -> int | None:
+    """The trees' depth limit the model was trained with, where its manifest records it."""
+    try:
+        return int(params["max_depth"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class FrameHandler:
@@ -351,10 +368,11 @@ class FrameHandler:
         stats: WorkerStats,
         max_frame_bytes: int = 1 << 20,
         select_fields: bool = True,
+        workers: int = 1,
     ) -> None:
         self._service = service
         self._stats = stats
-        self._processor = TProcessor(tc.ModelServer, ThriftHandler(service, stats))
+        self._processor = TProcessor(tc.ModelServer, ThriftHandler(service, stats, workers))
         self._encoder = ScoreReplyEncoder(
             service.bidders, service.version, service.bidder_thresholds
         )

@@ -80,6 +80,7 @@ class WorkerSpec:
     conn_max_requests: int
     log_level: str
     warmup_requests: int = 200
+    workers: int = 1  # how many the server runs, for the info call
 
 
 def listening_socket(host: str, port: int, listen: bool = True) -> socket.socket:
@@ -383,7 +384,7 @@ def _build(spec: WorkerSpec) -> tuple[FrameHandler, WorkerStats]:
     predictor = make_predictor(model.booster, spec.backend)
     service = ScoringService(model, predictor, spec.max_bidders, spec.max_batch)
     stats = WorkerStats()
-    handler = FrameHandler(service, stats, spec.max_frame_bytes)
+    handler = FrameHandler(service, stats, spec.max_frame_bytes, workers=spec.workers)
     warm_up(service, handler, spec.warmup_requests, seed=spec.worker_id)
     stats.reset()  # serving counts from zero
     # Everything loaded so far lives as long as the worker. Moved out of the collector's
