@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from loadgen import k8s_status, plots, report
+from loadgen import capacity_profile, k8s_status, plots, report
 from loadgen.aggregate import RunResult
 from loadgen.exit_codes import ExitCode, LoadgenError, first_applicable
 from loadgen.options import LoadgenConfig
@@ -24,6 +24,7 @@ from loadgen.runner import RunSpec, run_load
 from loadgen.s3io import upload_files
 from loadgen.saturation import Probe, SaturationResult, find_saturation
 from loadgen.schedule import RateSchedule
+from loadgen.server_info import server_info
 from loadgen.traffic import synthetic_items
 
 #: warn (without failing) when more sends than this are late
@@ -40,6 +41,7 @@ class Outcome:
     source: report.SourceInfo | None = None
     #: a merged sharded run: each pod's status (ok, failed, missing)
     shards: list[dict[str, Any]] | None = None
+    profile: capacity_profile.CapacityProfile | None = None
 
     def fail(self, code: ExitCode, message: str) -> None:
         self.codes.add(code)
@@ -100,7 +102,13 @@ def _run(
         return run_load(spec, pool, view)
 
 
-def _search(config: LoadgenConfig, pool: EncodedPool, console: Console) -> SaturationResult:
+def _search(
+    config: LoadgenConfig,
+    pool: EncodedPool,
+    console: Console,
+    slo_p99_ms: float | None = None,
+    start_rate: float | None = None,
+) -> SaturationResult:
     sat = config.saturation
     assert sat is not None
     count = 0
@@ -122,14 +130,54 @@ def _search(config: LoadgenConfig, pool: EncodedPool, console: Console) -> Satur
 
     return find_saturation(
         run_probe,
-        slo_p99_ms=sat.slo_p99_ms,
-        start_rate=sat.start_rate,
+        slo_p99_ms=sat.slo_p99_ms if slo_p99_ms is None else slo_p99_ms,
+        start_rate=sat.start_rate if start_rate is None else start_rate,
         max_rate=sat.max_rate,
         precision=sat.precision,
         max_error_ratio=config.max_error_ratio,
         max_probes=sat.max_probes,
         on_probe=on_probe,
     )
+
+
+def _profile_searches(
+    config: LoadgenConfig, pool: EncodedPool, console: Console
+) -> tuple[SaturationResult, list[Probe]]:
+    """One search per objective, strictest first, each starting where the last one passed;
+    (the search of --slo-p99, every probe of them all)."""
+    sat = config.saturation
+    assert sat is not None
+    probes: list[Probe] = []
+    main: SaturationResult | None = None
+    start = sat.start_rate
+    for slo in sorted({*sat.profile_slos_ms, sat.slo_p99_ms}):
+        console.print(f"searching the rate for p99 <= {slo:g} ms", highlight=False)
+        search = _search(config, pool, console, slo, start)
+        probes += search.probes
+        if search.saturation_rate is not None:
+            start = search.saturation_rate
+        if slo == sat.slo_p99_ms:
+            main = search
+    assert main is not None
+    return main, probes
+
+
+def write_capacity_profile(
+    config: LoadgenConfig, pool: EncodedPool, probes: list[Probe], outcome: Outcome
+) -> None:
+    """The profile of the searches, with the server's own description of model and pod."""
+    sat = config.saturation
+    assert sat is not None
+    assert sat.profile_out is not None
+    try:
+        info = server_info(config.target, config.options.connect_timeout)
+        per_request = pool.bidders_per_request or float(len(info.bidders))
+        profile = capacity_profile.build_profile(info, probes, sat.profile_slos_ms, per_request)
+        capacity_profile.write_profile(profile, sat.profile_out)
+    except (capacity_profile.ProfileError, LoadgenError) as exc:
+        outcome.fail(ExitCode.PUBLISH_FAILED, f"capacity profile: {exc}")
+        return
+    outcome.profile = profile
 
 
 def judge(config: LoadgenConfig, outcome: Outcome) -> None:
@@ -252,7 +300,10 @@ def run(config: LoadgenConfig, console: Console, errors: Console) -> int:
     outcome = Outcome()
     try:
         pool, outcome.source, schedule = prepare_traffic(config)
-        if config.saturation is not None:
+        if config.saturation is not None and config.saturation.profile_out:
+            outcome.search, probes = _profile_searches(config, pool, console)
+            write_capacity_profile(config, pool, probes, outcome)
+        elif config.saturation is not None:
             outcome.search = _search(config, pool, console)
             best = outcome.search.best or (
                 outcome.search.probes[-1] if outcome.search.probes else None
@@ -275,6 +326,15 @@ def run(config: LoadgenConfig, console: Console, errors: Console) -> int:
             f"saturation: {outcome.search.saturation_rate:,.0f} req/s with p99 <= "
             f"{outcome.search.slo_p99_ms:g} ms",
             highlight=False,
+        )
+    if outcome.profile is not None and config.saturation is not None:
+        figures = ", ".join(
+            f"p99 <= {s.p99_ms:g} ms: "
+            + ("none" if s.requests_per_second is None else f"{s.requests_per_second:,.0f} req/s")
+            for s in outcome.profile.slos
+        )
+        console.print(
+            f"capacity profile: {figures} -> {config.saturation.profile_out}", highlight=False
         )
     publish(config, outcome, console)
     return conclude(outcome, errors)

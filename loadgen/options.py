@@ -59,6 +59,9 @@ class SaturationSpec:
     precision: float
     probe_duration: float
     max_probes: int
+    #: where the capacity profile goes (a file or s3:// URI), and the objectives it records
+    profile_out: str | None = None
+    profile_slos_ms: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ def parse_target(text: str) -> Target:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--target must be HOST:PORT, got {text!r}")
     return Target(host.strip("[]"), int(port))
+
+
+def _durations(text: str) -> tuple[float, ...]:
+    values = tuple(_duration(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one duration, e.g. 2ms,10ms")
+    return values
 
 
 def _duration(text: str) -> float:
@@ -282,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-rate", type=_rate, default=1_000_000.0, metavar="RATE", help="search ceiling"
     )
     judge.add_argument(
+        "--profile-out",
+        metavar="DEST",
+        help="with --find-saturation: search each --profile-slo and write the capacity profile "
+        "(JSON, for `rtbserve capacity`) to this file or s3:// URI",
+    )
+    judge.add_argument(
+        "--profile-slo",
+        type=_durations,
+        default=(0.002, 0.010),
+        metavar="TIMES",
+        help="the p99 objectives a profile records, comma-separated (default 2ms,10ms)",
+    )
+    judge.add_argument(
         "--precision",
         type=float,
         default=0.05,
@@ -389,8 +412,10 @@ def _schedule(args: argparse.Namespace) -> RateSchedule:
 
 
 def to_config(args: argparse.Namespace) -> LoadgenConfig:
-    if args.find_saturation and args.slo_p99 is None:
-        raise UsageError("--find-saturation needs --slo-p99")
+    if args.profile_out and not args.find_saturation:
+        raise UsageError("--profile-out records a saturation search: add --find-saturation")
+    if args.find_saturation and args.slo_p99 is None and not args.profile_out:
+        raise UsageError("--find-saturation needs --slo-p99 (or --profile-out)")
     if args.find_saturation and (args.ramp or (args.rate and len(args.rate) > 1)):
         raise UsageError("--find-saturation takes a single --rate to start from")
     if args.loop and not args.replay:
@@ -417,13 +442,16 @@ def to_config(args: argparse.Namespace) -> LoadgenConfig:
     )
     saturation = None
     if args.find_saturation:
+        profile_slos = tuple(sorted(t * 1000.0 for t in args.profile_slo))
         saturation = SaturationSpec(
-            slo_p99_ms=args.slo_p99 * 1000.0,
+            slo_p99_ms=(args.slo_p99 * 1000.0) if args.slo_p99 else profile_slos[0],
             start_rate=(args.rate or [1000.0])[0],
             max_rate=args.max_rate,
             precision=args.precision,
             probe_duration=args.step_duration or 5.0,
             max_probes=args.max_probes,
+            profile_out=args.profile_out,
+            profile_slos_ms=profile_slos if args.profile_out else (),
         )
     schedule = _schedule(args)
     return LoadgenConfig(

@@ -19,6 +19,8 @@ class EncodedPool:
     frames: list[bytes]
     #: per item: bit k set when candidate bidder k really bid; None when not known for all
     truth: list[int] | None
+    #: mean candidate bidders named per request (0: requests name none, so the model's all)
+    bidders_per_request: float = 0.0
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -43,4 +45,5 @@ def encode_pool(items: Sequence[TrafficItem]) -> EncodedPool:
     frames = [wire.encode_score_call(item.payload, item.bidders) for item in items]
     masks = [truth_mask(item) for item in items]
     truth = None if any(m is None for m in masks) else [m for m in masks if m is not None]
-    return EncodedPool(frames, truth)
+    named = sum(len(item.bidders) for item in items) / len(items)
+    return EncodedPool(frames, truth, named)
