@@ -16,6 +16,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("model_server.train_cli", "main", "train a model and write an artifact"),
     "loadgen": ("loadgen.cli", "main", "send OpenRTB traffic at a fixed rate and report latency"),
     "operator": ("rtbserve_operator.cli", "main", "run the InferenceModel Kubernetes operator"),
+    "capacity": (
+        "rtbserve.capacity_cli",
+        "main",
+        "pods, nodes and cost for a rate, from a measured capacity profile",
+    ),
     "demo": ("rtbserve.demo", "main", "train, upload, serve and load-test on this machine"),
 }
 
