@@ -224,10 +224,17 @@ def _small_int_str(x: float) -> str:
     return _INT_STR[i] if 0 <= i < 64 else str(i)
 
 
+# Floors above this are all in the top band (30 is reached near $232): a hostile 1e308 would
+# otherwise make the log infinite.
+FLOOR_BAND_TOP = 1e4
+
+
 def _floor_band(f: float) -> str:
     # Roughly 1.4x steps from $0.01 up: fine enough for floor tolerance, small vocabulary.
     if not f > 0.0:
         return "0"
+    if f > FLOOR_BAND_TOP:  # the top band; also keeps an infinite log out of int()
+        return _INT_STR[30]
     return _INT_STR[max(0, min(30, int(2.0 * math.log2(f * 100.0)) + 1))]
 
 
@@ -774,7 +781,8 @@ class FeaturePipeline:
     ) -> None:
         """What the native fill_rows does, in numpy: the fallback and its reference."""
         r = self.n_request_features
-        out[:, :r] = np.array(nums, dtype=np.float32)  # broadcast into every row
+        with np.errstate(over="ignore"):  # a value past float32 becomes inf, as in C
+            out[:, :r] = np.array(nums, dtype=np.float32)  # broadcast into every row
         # Bidder columns in one gather: `cols` picks index, overall rate and the cross rates.
         out[:, r:] = self._bidder_table[np.asarray(bidder_idx, dtype=np.intp)[:, None], cols]
 

@@ -1073,7 +1073,9 @@ static int extract(Keep *kp, PyObject *req, double now, double *x, PyObject **ke
     }
     if (!isnan(a.fmax)) { /* features._floor_band: roughly 1.4x steps from $0.01 */
         double band = 0.0;
-        if (a.fmax > 0.0) {
+        if (a.fmax > 1e4) { /* features.FLOOR_BAND_TOP: the top band, and no infinite log */
+            band = 30.0;
+        } else if (a.fmax > 0.0) {
             const double y = 2.0 * log2(a.fmax * 100.0);
             TRY(check_integral(y));
             band = fmax(0.0, fmin(30.0, trunc(y) + 1.0));

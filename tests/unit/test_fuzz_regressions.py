@@ -135,3 +135,13 @@ def test_the_encode_check_reports_a_changed_feature(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(pipe, "_encode_python", off_by_one)
     with pytest.raises(oracles.DisagreementError, match="encode"):
         oracles.check_encode(raw)
+
+
+def test_a_floor_of_1e308_is_scored_not_an_internal_error() -> None:
+    """Found by the call target: the floor band's log of 1e308 x 100 was infinite."""
+    data = b"\x01\x02" + b'{"id":"a","imp":[{"id":"1","bidfloor":1e308}]}'
+    reply = oracles.fast_reply(oracles.call_input(data))
+    assert isinstance(reply, bytes)
+    kind, name, _, result = oracles.decode_reply(reply)
+    assert (kind, name) == ("reply", "score")
+    assert result["success"]["request_id"] == "a"
