@@ -284,6 +284,17 @@ def publish(config: LoadgenConfig, outcome: Outcome, console: Console) -> None:
                 console.print(f"uploaded {len(uploaded)} files to {out.report_s3}", highlight=False)
         except LoadgenError as exc:
             outcome.fail(exc.code, exc.message)
+    if out.inference_model and outcome.profile is not None:
+        try:
+            ns = k8s_status.write_capacity(
+                out.inference_model, out.namespace, outcome.profile.model_dump(mode="json")
+            )
+            console.print(
+                f"status.capacity written to InferenceModel {ns}/{out.inference_model}",
+                highlight=False,
+            )
+        except LoadgenError as exc:
+            outcome.fail(exc.code, exc.message)
     if out.inference_model and outcome.result is not None:
         try:
             summary = k8s_status.last_load_test(outcome.result, outcome.shards)

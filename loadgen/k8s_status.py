@@ -79,6 +79,16 @@ def default_namespace(kubeconfig_namespace: str | None) -> str:
 
 def write_last_load_test(name: str, namespace: str | None, summary: dict[str, Any]) -> str:
     """Patch `status.lastLoadTest` of InferenceModel `namespace/name`; returns the namespace."""
+    return _patch_status(name, namespace, "lastLoadTest", summary)
+
+
+def write_capacity(name: str, namespace: str | None, profile: dict[str, Any]) -> str:
+    """Patch `status.capacity` (a capacity profile, loadgen/capacity_profile.py): the operator
+    sets the HPA's requests/s target from it. Returns the namespace."""
+    return _patch_status(name, namespace, "capacity", profile)
+
+
+def _patch_status(name: str, namespace: str | None, field: str, value: dict[str, Any]) -> str:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
@@ -94,17 +104,17 @@ def write_last_load_test(name: str, namespace: str | None, summary: dict[str, An
             ns,
             PLURAL,
             name,
-            {"status": {"lastLoadTest": summary}},
+            {"status": {field: value}},
             _content_type="application/merge-patch+json",
         )
     except ApiException as exc:
         reason = {
             404: f"InferenceModel {ns}/{name} not found (is the CRD installed, the name right?)",
             403: "forbidden: the service account needs 'patch' on inferencemodels/status",
-            422: f"the API server rejected status.lastLoadTest: {exc.body}",
+            422: f"the API server rejected status.{field}: {exc.body}",
         }.get(exc.status or 0, f"HTTP {exc.status}: {exc.reason}")
         raise LoadgenError(
-            ExitCode.PUBLISH_FAILED, f"cannot write load-test status: {reason}"
+            ExitCode.PUBLISH_FAILED, f"cannot write status.{field}: {reason}"
         ) from None
     except (HTTPError, OSError) as exc:
         raise LoadgenError(

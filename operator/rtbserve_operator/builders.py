@@ -340,11 +340,13 @@ def build_service(im: InferenceModel) -> dict[str, Any]:
     }
 
 
-def build_hpa(im: InferenceModel) -> dict[str, Any] | None:
-    """An autoscaling/v2 HPA on CPU (and optionally requests/s per pod); None if not autoscaled."""
+def build_hpa(im: InferenceModel, rps_target: int | None = None) -> dict[str, Any] | None:
+    """An autoscaling/v2 HPA on CPU (and requests/s per pod: `rps_target`, from
+    capacity_target.resolve, else the hand-set target); None if not autoscaled."""
     auto = im.spec.autoscaling
     if auto is None:
         return None
+    target = rps_target if rps_target is not None else auto.target_requests_per_second
     metrics: list[dict[str, Any]] = [
         {
             "type": "Resource",
@@ -357,7 +359,7 @@ def build_hpa(im: InferenceModel) -> dict[str, Any] | None:
             },
         }
     ]
-    if auto.target_requests_per_second is not None:
+    if target is not None:
         metrics.append(
             {
                 "type": "Pods",
@@ -365,7 +367,7 @@ def build_hpa(im: InferenceModel) -> dict[str, Any] | None:
                     "metric": {"name": RPS_METRIC},
                     "target": {
                         "type": "AverageValue",
-                        "averageValue": str(auto.target_requests_per_second),
+                        "averageValue": str(target),
                     },
                 },
             }

@@ -58,6 +58,12 @@ def rollout(body: kopf.Body, retry: int, memo: Any, logger: KopfLogger, **_: Any
     _counted("rollout", reconcile.roll_out, _ctx(memo), body, retry=retry, logger=logger)
 
 
+# A new capacity profile (written by the load test) moves the HPA's requests/s target.
+@kopf.on.field(GROUP, VERSION, PLURAL, field="status.capacity", registry=REGISTRY, id="capacity")
+def capacity(body: kopf.Body, memo: Any, logger: KopfLogger, **_: Any) -> None:
+    _counted("capacity", reconcile.retarget, _ctx(memo), body, logger=logger)
+
+
 @kopf.on.login(registry=REGISTRY)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod its ServiceAccount, elsewhere KUBECONFIG (exec plugins such as

@@ -160,7 +160,23 @@ def start_load_test(
     return name
 
 
-def apply_all(kube: KubeApi, im: InferenceModel, identity: ModelIdentity, adopt: Adopt) -> Applied:
+def apply_hpa(kube: KubeApi, im: InferenceModel, rps_target: int | None, adopt: Adopt) -> None:
+    """The HPA of `im` with `rps_target` requests/s per pod (None: CPU only), or none."""
+    hpa = build_hpa(im, rps_target)
+    if hpa is None:
+        kube.delete(HPAS, im.namespace, im.name)
+    else:
+        adopt(hpa)
+        kube.apply(hpa)
+
+
+def apply_all(
+    kube: KubeApi,
+    im: InferenceModel,
+    identity: ModelIdentity,
+    adopt: Adopt,
+    rps_target: int | None = None,
+) -> Applied:
     """Create or update the Deployment, Service, HPA and PDB of `im` to run `identity`.
 
     Idempotent: running it again with the same inputs changes nothing.
@@ -172,12 +188,7 @@ def apply_all(kube: KubeApi, im: InferenceModel, identity: ModelIdentity, adopt:
     service = build_service(im)
     adopt(service)
     applied_service = kube.apply(service)
-    hpa = build_hpa(im)
-    if hpa is None:
-        kube.delete(HPAS, im.namespace, im.name)
-    else:
-        adopt(hpa)
-        kube.apply(hpa)
+    apply_hpa(kube, im, rps_target, adopt)
     pdb = build_pdb(im)
     adopt(pdb)
     kube.apply(pdb)

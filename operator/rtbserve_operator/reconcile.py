@@ -15,11 +15,12 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from rtbserve_operator.capacity_target import resolve
 from rtbserve_operator.conditions import ARTIFACT_VERIFIED, Condition, find
 from rtbserve_operator.identity import ModelIdentity, same_model, to_verify
 from rtbserve_operator.kube import KubeApi
 from rtbserve_operator.metrics import ERRORS, ROLLOUTS
-from rtbserve_operator.owned import OwnershipConflictError, apply_all
+from rtbserve_operator.owned import OwnershipConflictError, apply_all, apply_hpa
 from rtbserve_operator.reporting import as_body, post_event, write_status
 from rtbserve_operator.spec import InferenceModel, InvalidSpecError
 from rtbserve_operator.status import Problem
@@ -109,9 +110,17 @@ def roll_out(
     verified = Condition(
         ARTIFACT_VERIFIED, "True", "Verified", f"{identity.describe()} from {identity.uri}"
     )
+    status = body.get("status") or {}
+    target = resolve(
+        im.spec.autoscaling, identity.sha256, status.get("capacity"), status.get("autoscaling")
+    )
     try:
         applied = apply_all(
-            ctx.kube, im, identity, adopt=lambda obj: kopf.adopt(obj, owner=as_body(body))
+            ctx.kube,
+            im,
+            identity,
+            adopt=lambda obj: kopf.adopt(obj, owner=as_body(body)),
+            rps_target=target.value,
         )
     except OwnershipConflictError as exc:
         if exc.retryable:
@@ -135,6 +144,7 @@ def roll_out(
         artifact=identity,
         observed_generation=generation,
         rollout_error=None,
+        autoscaling=target,
     )
     if applied.action == "unchanged":
         post_event(body, warning=False, reason="Verified", message=verified.message)
@@ -145,6 +155,37 @@ def roll_out(
             reason="RollingOut",
             message=f"{applied.action} Deployment {name} for {identity.describe()}",
         )
+
+
+def retarget(ctx: OperatorContext, body: Mapping[str, Any], *, logger: KopfLogger) -> None:
+    """status.capacity changed: the HPA's requests/s target follows the new measurement."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    pinned = ModelIdentity.from_status(status.get("artifact"))
+    if pinned is None:
+        return  # nothing verified yet: the rollout sets the target when it applies the HPA
+    try:
+        im = InferenceModel.from_body(body, ctx.default_image)
+    except InvalidSpecError:
+        return  # the rollout handler reports it
+    before = status.get("autoscaling") or {}
+    target = resolve(
+        im.spec.autoscaling, pinned.sha256, status.get("capacity"), status.get("autoscaling")
+    )
+    if im.spec.autoscaling is not None and (
+        target.value != before.get("targetRequestsPerSecond")
+        or target.source != before.get("source")
+    ):
+        apply_hpa(ctx.kube, im, target.value, lambda obj: kopf.adopt(obj, owner=as_body(body)))
+        logger.info("HPA target %s req/s per pod (%s)", target.value, target.source)
+        if target.condition is not None and target.value is not None:
+            post_event(
+                body,
+                warning=not target.condition.true,
+                reason=target.condition.reason,
+                message=target.condition.message,
+            )
+    write_status(ctx.kube, meta["namespace"], meta["name"], autoscaling=target)
 
 
 def refresh(ctx: OperatorContext, namespace: str | None, owner: str | None) -> None:

@@ -83,6 +83,11 @@ class AutoscalingSpec(_Model):
     # Per-pod average of the `rtbserve_requests_per_second` Pods metric (needs a metrics adapter).
     target_requests_per_second: int | None = Field(default=None, ge=1)
     scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    # requestsPerSecond without a hand-set target: the target is capacity_share of the
+    # serving model's measured capacity at capacity_slo_p99_ms (capacity_target.py).
+    metric: Literal["cpu", "requestsPerSecond"] = "cpu"
+    capacity_share: float = Field(default=0.7, gt=0, le=1)
+    capacity_slo_p99_ms: float = Field(default=2.0, gt=0, alias="capacitySloP99Ms")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from rtbserve_operator.capacity_target import CAPACITY_MEASURED, RpsTarget
 from rtbserve_operator.conditions import (
     ARTIFACT_VERIFIED,
     AVAILABLE,
@@ -223,10 +224,12 @@ def status_patch(
     artifact: ModelIdentity | None = None,
     observed_generation: int | None = None,
     rollout_error: Problem | _Keep | None = KEEP,
+    autoscaling: RpsTarget | None = None,
 ) -> dict[str, Any]:
-    """The `.status` merge patch. `verified`, `artifact`, `observed_generation` and
-    `rollout_error` come from the rollout handler; the Deployment/Service watchers leave them
-    as stored."""
+    """The `.status` merge patch. `verified`, `artifact`, `observed_generation`,
+    `rollout_error` and `autoscaling` (the HPA's requests/s target and its condition) come
+    from the rollout and capacity handlers; the Deployment/Service watchers leave them as
+    stored."""
     status = im.get("status") or {}
     generation = int(im.get("metadata", {}).get("generation", 0))
     verified_cond = _verification(status, verified)
@@ -238,6 +241,13 @@ def status_patch(
         else rollout_error
     )
     conditions = derive_conditions(verified_cond, pinned, deployment, problem)
+    measured = (
+        autoscaling.condition
+        if autoscaling is not None
+        else find(status.get("conditions"), CAPACITY_MEASURED)
+    )
+    if measured is not None:
+        conditions = [*conditions, measured]
     dstatus = (deployment or {}).get("status") or {}
     patch: dict[str, Any] = {
         "conditions": merge(status.get("conditions"), conditions, now=now, generation=generation),
@@ -254,6 +264,8 @@ def status_patch(
         patch["observedGeneration"] = observed_generation
     if not isinstance(rollout_error, _Keep):
         patch["rolloutError"] = rollout_error.to_status() if rollout_error else None
+    if autoscaling is not None:
+        patch["autoscaling"] = autoscaling.to_status()
     return patch
 
 

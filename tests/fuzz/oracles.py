@@ -18,6 +18,7 @@ instead. The same checks replay the seed corpus and every kept regression in the
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import math
@@ -283,10 +284,31 @@ def strictly_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+_PROCESS = ctypes.CDLL(None)
+_LSAN_OFF = getattr(_PROCESS, "__lsan_disable", None)
+_LSAN_ON = getattr(_PROCESS, "__lsan_enable", None)
+
+
+def reference_loads(data: bytes) -> Any:
+    """orjson's parse, as the reference; LeakSanitizer looks away meanwhile (where it runs).
+
+    orjson (3.10 to 3.13) leaks the key string of an object whose key of more than 64 bytes
+    appears twice (about 120 bytes a repeat, found by the encode target). That is orjson's
+    leak, not the project's; the fuzz runs check the project's C for leaks,
+    so they do not count orjson's allocations."""
+    if _LSAN_OFF is None or _LSAN_ON is None:
+        return orjson.loads(data)
+    _LSAN_OFF()
+    try:
+        return orjson.loads(data)
+    finally:
+        _LSAN_ON()
+
+
 def check_scan(data: bytes) -> None:
     selected = select_request(data)
     try:
-        full = orjson.loads(data)
+        full = reference_loads(data)
     except orjson.JSONDecodeError:
         _agree(selected is None, "select_request took what orjson rejects", selected, "error")
         return
@@ -304,7 +326,7 @@ def check_scan(data: bytes) -> None:
 
 def check_encode(data: bytes) -> None:
     try:
-        req = orjson.loads(data)
+        req = reference_loads(data)
     except orjson.JSONDecodeError:
         return
     if type(req) is not dict:

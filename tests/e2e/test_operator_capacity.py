@@ -1,0 +1,114 @@
+"""The HPA's requests/s target follows the serving model's measured capacity, on a real cluster.
+
+The capacity profile is written into status.capacity as the load test writes it
+(`rtbserve loadgen --profile-out ... --inference-model NAME`); here kubectl writes it, since
+kwok runs no containers. The operator sets the target from it, keeps the previous one (and
+says so) for a new model without a profile or for a bad profile, and a hand-set target wins.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_operator_lifecycle import SETTLE, Models, spec_for, unique
+from tests.operator_fixtures import OperatorHarness, PublishedModels, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+AUTO = {"minReplicas": 1, "maxReplicas": 5, "metric": "requestsPerSecond"}
+
+
+@pytest.fixture
+def models(kube_cluster: Any, running_operator: OperatorHarness) -> Models:
+    return Models(kube_cluster, running_operator.namespace)
+
+
+def _profile(sha: str, rps_2ms: float, version: int = 1) -> dict[str, Any]:
+    return {
+        "kind": "rtbserve.io/capacity-profile",
+        "version": version,
+        "measured_at": "2026-12-07T12:00:00+00:00",
+        "model": {"name": "m", "version": "v", "sha256": sha, "trees": 20, "max_depth": 4,
+                  "features": 55},
+        "pod": {"workers": 1, "cpu_limit": 1.0, "cpu_model": "Neoverse V1", "arch": "arm64"},
+        "bidders_per_request": 8,
+        "slos": [{"p99_ms": 2.0, "requests_per_second": rps_2ms},
+                 {"p99_ms": 10.0, "requests_per_second": rps_2ms * 1.5}],
+        "curve": [],
+    }  # fmt: skip
+
+
+def _write_capacity(models: Models, name: str, profile: dict[str, Any]) -> None:
+    body = json.dumps({"status": {"capacity": profile}})
+    models.kubectl("patch", "inferencemodel", name, "--subresource=status", "--type=merge",
+                   "-p", body)  # fmt: skip
+
+
+def _quantity(text: str) -> str:
+    """A Kubernetes quantity as a plain integer string (the API server writes 7000 as 7k)."""
+    scale = {"k": 1000, "M": 1_000_000}.get(text[-1:], 1)
+    return str(int(float(text.rstrip("kM")) * scale))
+
+
+def _rps_target(models: Models, name: str) -> str | None:
+    hpa = models.json("get", "hpa", name)
+    for metric in hpa["spec"]["metrics"]:
+        if metric["type"] == "Pods":
+            return _quantity(str(metric["pods"]["target"]["averageValue"]))
+    return None
+
+
+def _wait_target(models: Models, name: str, value: str | None) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        status = models.get(name).get("status", {})
+        reported = (status.get("autoscaling") or {}).get("targetRequestsPerSecond")
+        hpa_ok = _rps_target(models, name) == value
+        ok = hpa_ok and (str(reported) if reported is not None else None) == value
+        return status if ok else None
+
+    found: dict[str, Any] = wait_until(check, SETTLE, f"{name}: HPA target {value}", interval=1)
+    return found
+
+
+def test_hpa_target_set_kept_and_updated_as_profiles_arrive(
+    models: Models, published_models: PublishedModels
+) -> None:
+    first, second = published_models.first, published_models.second
+    name = unique("cap")
+    models.apply(name, spec_for(first.uri, autoscaling=AUTO))
+    # no profile yet: CPU only, and the condition says why
+    models.wait_condition(name, "CapacityMeasured", "False", "ProfileMissing")
+    _wait_target(models, name, None)
+
+    _write_capacity(models, name, _profile(first.sha256, 10_000))
+    status = _wait_target(models, name, "7000")
+    assert "70% of 10,000 req/s at p99 <= 2 ms" in status["autoscaling"]["source"]
+    models.wait_condition(name, "CapacityMeasured", "True", "Measured")
+    wide = models.kubectl("get", "inferencemodel", name, "-o", "wide").stdout
+    assert "RPS-TARGET" in wide
+    assert "7000" in wide
+
+    _write_capacity(models, name, _profile(first.sha256, 20_000))  # a new measurement
+    _wait_target(models, name, "14000")
+
+    # a new model: its profile is not there yet, so the target stays, and says so
+    models.patch_spec(name, {"artifact": {"uri": second.uri}})
+    models.wait_condition(name, "CapacityMeasured", "False", "ProfileOfOtherModel")
+    _wait_target(models, name, "14000")
+    assert models.template_sha(name) == second.sha256
+
+    _write_capacity(models, name, _profile(second.sha256, 5_000))
+    _wait_target(models, name, "3500")
+
+    # a profile this operator cannot read changes nothing
+    _write_capacity(models, name, _profile(second.sha256, 50_000, version=2))
+    cond = models.wait_condition(name, "CapacityMeasured", "False", "ProfileInvalid")
+    assert "profile version 2" in cond["message"]
+    _wait_target(models, name, "3500")
+
+    # a hand-set target always wins
+    models.patch_spec(name, {"autoscaling": {**AUTO, "targetRequestsPerSecond": 123}})
+    _wait_target(models, name, "123")
