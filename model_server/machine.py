@@ -65,11 +65,11 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
-    return quota_us / period_us if quota_us > 0 else None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def this_machine() -> Machine:
-    limit = cgroup_cpu_limit()
-    if limit is None:
-        limit = float(len(os.sched_getaffinity(0)))
+    cpus = float(len(os.sched_getaffinity(0)))
+    quota = cgroup_cpu_limit()
+    limit = cpus if quota is None else min(cpus, quota)
     return Machine(kubernetes_arch(platform.machine()), cpu_model(), round(limit, 3))

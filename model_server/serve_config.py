@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model_server.logs import LEVELS
+from model_server.machine import cgroup_cpu_limit
 from model_server.predictor import BACKENDS
 
 MIB = 1 << 20
@@ -50,32 +51,13 @@ class ServeConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs allowed by the cgroup CPU quota (v2 cpu.max or v1 cfs), None when unlimited."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        if quota_us > 0 and period_us > 0:
-            return quota_us / period_us
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: its affinity mask, capped by the cgroup quota (Kubernetes)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    limit = _cgroup_cpu_limit(cgroup_root)
+    limit = cgroup_cpu_limit(cgroup_root)
     if limit is not None:
         # A 1.5-CPU limit runs 2 workers: a partly used core is still worth a worker.
         cpus = min(cpus, max(1, math.ceil(limit)))
