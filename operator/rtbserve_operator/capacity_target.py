@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 
 from loadgen.capacity_profile import ProfileError, parse_profile
-from rtbserve_operator.conditions import Condition
+from rtbserve_operator.conditions import CAPACITY_MEASURED, Condition
 from rtbserve_operator.spec import AutoscalingSpec
 
-CAPACITY_MEASURED = "CapacityMeasured"
+__all__ = ["CAPACITY_MEASURED", "RpsTarget", "resolve"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,17 @@ AVAILABLE = "Available"
 READY = "Ready"
 DEGRADED = "Degraded"
 ROLLED_BACK = "RolledBack"
-CONDITION_TYPES = (ARTIFACT_VERIFIED, PROGRESSING, AVAILABLE, READY, DEGRADED, ROLLED_BACK)
+# The HPA's requests/s target follows a measured capacity profile (capacity_target.py).
+CAPACITY_MEASURED = "CapacityMeasured"
+CONDITION_TYPES = (
+    ARTIFACT_VERIFIED,
+    PROGRESSING,
+    AVAILABLE,
+    READY,
+    DEGRADED,
+    ROLLED_BACK,
+    CAPACITY_MEASURED,
+)
 
 Status = Literal["True", "False", "Unknown"]
 
