@@ -345,7 +345,9 @@ def run(config: LoadgenConfig, console: Console, errors: Console) -> int:
             for s in outcome.profile.slos
         )
         console.print(
-            f"capacity profile: {figures} -> {config.saturation.profile_out}", highlight=False
+            f"capacity profile: {figures} -> {config.saturation.profile_out}",
+            highlight=False,
+            soft_wrap=True,
         )
     publish(config, outcome, console)
     return conclude(outcome, errors)
