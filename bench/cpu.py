@@ -87,8 +87,10 @@ class CpuSampler:
         core: int | None,
         interval: float = 0.2,
         filler_cpu: Callable[[int], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server_cpu = server_cpu
+        self.clock = clock
         self.core = core
         # CPU seconds of work that only fills idle time on a core (not noise): subtracted.
         self.filler_cpu = filler_cpu
@@ -101,14 +103,14 @@ class CpuSampler:
         self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
 
     def _sample(self) -> None:
-        start = time.monotonic()
+        start = self.clock()
         server = self.server_cpu()
         busy = 0.0
         if self.core is not None:
             busy = core_busy_seconds(self.core)
             if self.filler_cpu is not None:
                 busy -= self.filler_cpu(self.core)
-        end = time.monotonic()
+        end = self.clock()
         # At the lowest priority the sampler waits whenever both cores are busy, and it can
         # be held up in the middle of a reading: the counters then belong to no one instant,
         # and a rate over such a sample is wrong (a one-core server seen using 1.3 cores).

@@ -72,12 +72,12 @@ def test_a_runs_histogram_is_the_difference_of_two_scrapes() -> None:
 def test_cpu_sampler_leaves_out_the_filler_on_the_core() -> None:
     ticks = iter(range(1000))
     sampler = CpuSampler(lambda: 0.0, core=0, interval=0.05, filler_cpu=lambda core: 1e6)
-    with sampler:
-        time.sleep(0.3)
     plain = CpuSampler(lambda: float(next(ticks)), core=0, interval=0.05)
-    with plain:
-        time.sleep(0.3)
+    for each in (sampler, plain):
+        for _ in range(5):
+            each._sample()
     # The filler's (huge) CPU seconds are subtracted from every busy sample of core 0.
+    assert len(sampler.busy) == len(plain.busy) == 5
     assert all(b < -1e5 for b in sampler.busy)
     assert all(b >= 0 for b in plain.busy)
 
@@ -229,20 +229,26 @@ def test_idle_loop_refuses_a_bad_core(tmp_path: Path, bad: list[str]) -> None:
 
 def test_cpu_sampler_drops_readings_it_cannot_date() -> None:
     """A reading held up midway (the sampler runs at the lowest priority) is left out, so a
-    server that used 0.5 core is not reported as using more from a late sample."""
-    started = time.monotonic()
+    server that used 0.5 core is not reported as using more from a late sample.
+
+    The clock is injected: every third reading is held up 30 ms between the sampler's two
+    clock reads, and the samples are taken 20 ms apart, whatever this machine's speed."""
+    now = [0.0]
     calls = iter(range(10**6))
 
     def server_cpu() -> float:
+        used = now[0] * 0.5  # the server runs at half a core
         if next(calls) % 3 == 1:
-            time.sleep(0.03)  # held up before reading: the value is 30 ms newer than its start
-        return (time.monotonic() - started) * 0.5  # the server runs at half a core
+            now[0] += 0.03  # held up after reading: the value is 30 ms older than the end
+        return used
 
-    sampler = CpuSampler(server_cpu, core=None, interval=0.02)
-    with sampler:
-        time.sleep(0.6)
-    assert sampler.dropped >= 3
-    assert len(sampler.times) >= 6
+    sampler = CpuSampler(server_cpu, core=None, interval=0.02, clock=lambda: now[0])
+    for _ in range(30):
+        sampler._sample()
+        now[0] += 0.02
+    assert sampler.dropped == 10
+    assert len(sampler.times) == 20
     use = sampler.use_over(0.2)
     assert use is not None
-    assert use.server_cores == pytest.approx(0.5, abs=0.03)
+    # Kept samples are dated at the middle of an instant reading: exactly half a core.
+    assert use.server_cores == pytest.approx(0.5, abs=1e-9)

@@ -149,27 +149,27 @@ def test_busy_connection_is_closed_between_calls_once_over_age(
 def test_drain_turns_readyz_off_keeps_serving_then_exits_zero(
     start_rtbserve: Any, tiny_artifact: Any
 ) -> None:
-    with start_rtbserve(tiny_artifact.path, "--drain-seconds", "2") as server:
+    # Counts, not timings: the drain is long next to what a loaded machine takes to flip
+    # /readyz and answer a few calls, and the test waits for each step instead of a clock.
+    with start_rtbserve(tiny_artifact.path, "--drain-seconds", "3") as server:
         client = server.client()
         raw = _request()
         assert client.score(raw, [])
         started = time.monotonic()
         server.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 1
-        while server.http_get("/readyz")[0] != 503 and time.monotonic() < deadline:
+        while server.http_get("/readyz")[0] != 503 and time.monotonic() - started < 2.5:
             time.sleep(0.02)
         assert server.http_get("/readyz") == (503, "draining\n")
         assert server.http_get("/healthz")[0] == 200
         # During the drain new connections are still served (one call each: the server
         # closes a connection after its reply so that clients move to other servers).
         served_during_drain = 0
-        while time.monotonic() - started < 1.5:
+        for _ in range(3):
             assert server.client().score(raw, [])
             served_during_drain += 1
-        assert served_during_drain > 0
         code = server.wait(timeout=30)
         assert code == 0
-        assert time.monotonic() - started >= 2.0  # it waited for the drain
+        assert time.monotonic() - started >= 3.0  # it waited for the drain
     stopped = server.logs("stopped")
     assert stopped
     assert stopped[-1]["fields"]["calls"]["score"] == served_during_drain + 1
