@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.fleet import FleetAssumptions, FleetProjection, InstanceType
 from bench.measurements import SystemResult
 from bench.ratios import aims, throughput_ratios
 
@@ -24,10 +23,6 @@ class BenchReport:
     systems: list[SystemResult] = field(default_factory=list)
     # In-process prediction rows/s (bench/predict_bench.py's run()), as it returned it.
     predict: dict[str, Any] | None = None
-    fleet_assumptions: FleetAssumptions | None = None
-    fleet: list[FleetProjection] = field(default_factory=list)
-    # What the fleet projection starts from: "saturation" (p99 within the SLO) or "capacity".
-    fleet_basis: str = "saturation"
     # Phases that failed, with why; the rest of the run still reports.
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -51,7 +46,8 @@ class BenchReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchReport:
-        assumptions = data.get("fleet_assumptions")
+        # Runs before 2026-12-07 also stored a fleet projection: it is recomputed from the
+        # measurements now (bench/sizing_table.py), so those keys are left unread.
         return cls(
             date=data["date"],
             started_at=data["started_at"],
@@ -61,12 +57,6 @@ class BenchReport:
             versions=data.get("versions", {}),
             systems=[SystemResult.from_dict(s) for s in data.get("systems", [])],
             predict=data.get("predict"),
-            fleet_assumptions=FleetAssumptions(**assumptions) if assumptions else None,
-            fleet=[
-                FleetProjection(**{**f, "instance": InstanceType(**f["instance"])})
-                for f in data.get("fleet", [])
-            ],
-            fleet_basis=data.get("fleet_basis", "saturation"),
             errors=list(data.get("errors", [])),
             notes=list(data.get("notes", [])),
             duration_s=float(data.get("duration_s", 0.0)),

@@ -31,12 +31,12 @@ from rich.text import Text
 
 from bench import warm_cores
 from bench.config import REPO_DIR, RESULTS_DIR, WORK_DIR, BenchConfig, SearchConfig, quick_preset
-from bench.fleet import INSTANCE_TYPES, FleetAssumptions, project_fleet
 from bench.measure import measure_system
 from bench.prepare import prepare
 from bench.procs import pinned, stop_all
-from bench.ratios import AIM_BIDDERS, SUBJECT
+from bench.ratios import AIM_BIDDERS
 from bench.report import BenchReport
+from bench.sizing_table import sizing_lines, update_block
 from bench.summary import README_END, README_START, render_summary, update_readme
 from bench.systems import SYSTEMS, Prepared
 
@@ -236,21 +236,25 @@ def run_systems(report: BenchReport, cfg: BenchConfig, prep: Prepared, log: Prog
                 log(escape(traceback.format_exc(limit=3)))
 
 
-def project(report: BenchReport) -> None:
-    """Fleet projection from rtbserve's saturation at 16 bidders; from its capacity (p99 within
-    the looser bound) when no rate met the SLO, which the summary then says."""
-    rtb = report.result(SUBJECT, AIM_BIDDERS)
-    if rtb is None:
-        return
-    per_core = rtb.saturation_rps or rtb.capacity_rps
-    if not per_core:
-        return
-    assumptions = FleetAssumptions()
-    report.fleet_assumptions = assumptions
-    report.fleet_basis = "saturation" if rtb.saturation_rps else "capacity"
-    report.fleet = [
-        project_fleet(per_core, instance, assumptions) for instance in INSTANCE_TYPES.values()
-    ]
+# The READMEs whose "Sizing a fleet" block each full run regenerates.
+SIZING_DOCS = (REPO_DIR / "README.md", REPO_DIR / "charts" / "rtbserve" / "README.md")
+
+
+def update_sizing_docs(
+    report: BenchReport, md_path: Path, docs: Sequence[Path] = SIZING_DOCS
+) -> list[Path]:
+    """Write the run's sizing table into each README that has the markers; returns those."""
+    lines = sizing_lines(report)
+    updated = []
+    for doc in docs:
+        text = doc.read_text()
+        link = os.path.relpath(md_path.resolve(), doc.parent.resolve())
+        try:
+            doc.write_text(update_block(text, lines, link))
+        except ValueError:
+            continue
+        updated.append(doc)
+    return updated
 
 
 def write_outputs(report: BenchReport, cfg: BenchConfig, update_docs: bool, log: Progress) -> None:
@@ -274,6 +278,8 @@ def write_outputs(report: BenchReport, cfg: BenchConfig, update_docs: bool, log:
         if README_START in readme and README_END in readme:
             cfg.readme.write_text(update_readme(readme, report, f"results/{md_path.name}"))
             log(f"  updated {cfg.readme}")
+        for doc in update_sizing_docs(report, md_path):
+            log(f"  updated the sizing table in {doc}")
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -291,6 +297,7 @@ def render_only(path: Path, cfg: BenchConfig, update_docs: bool) -> int:
     if update_docs and not report.settings.get("quick"):
         md_name = path.with_suffix(".md").name
         cfg.readme.write_text(update_readme(cfg.readme.read_text(), report, f"results/{md_name}"))
+        update_sizing_docs(report, path.with_suffix(".md"))
     console.print(f"rendered {path.with_suffix('.md')} and {chart}")
     return 0
 
@@ -347,7 +354,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm_cores.stop_all()
     report.machine["loadavg_at_end"] = list(os.getloadavg())
     report.duration_s = time.monotonic() - t0
-    project(report)
     # An interrupted run writes its partial results but never replaces the README's.
     write_outputs(report, cfg, not args.no_readme and not interrupted, log)
     log.close()

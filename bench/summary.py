@@ -8,6 +8,7 @@ from typing import Any
 from bench.measurements import RunMeasurement, SystemResult, load_point_key
 from bench.ratios import ECHO, SUBJECT, aims, throughput_ratios
 from bench.report import BenchReport
+from bench.sizing_table import sizing_lines
 
 README_START = "<!-- bench:latest:start -->"
 README_END = "<!-- bench:latest:end -->"
@@ -202,55 +203,6 @@ def predict_table(predict: dict[str, Any] | None) -> list[str]:
     return _table(["in-process prediction", "value"], rows)
 
 
-def fleet_table(report: BenchReport) -> list[str]:
-    if not report.fleet or report.fleet_assumptions is None:
-        return ["(no rtbserve saturation figure to project from)"]
-    a = report.fleet_assumptions
-    bidders = report.settings.get("fleet_bidders", 16)
-    slo = report.settings.get("slo_p99_ms", 2.0)
-    loose = report.settings.get("search", {}).get("capacity_p99_ms", 50.0)
-    if report.fleet_basis == "capacity":
-        basis = (
-            f"of its measured capacity (p99 ≤ {loose:g} ms: no rate met the {slo:g} ms SLO in "
-            "this run, so this projection is optimistic for that SLO)"
-        )
-    else:
-        basis = f"of its measured saturation (p99 ≤ {slo:g} ms)"
-    lines = [
-        f"To serve {a.target_rps:,.0f} requests/s at {bidders} bidders each, running every "
-        f"core at {a.utilisation:.0%} {basis}, with {a.workers_per_pod}-worker "
-        f"pods (one worker per vCPU) and {a.reserved_vcpus_per_node:g} vCPU per node kept for "
-        "the system. On-demand us-east-1 Linux prices as assumed below (check current pricing). "
-        "The per-core figure is measured on this machine's CPU and stands in for a Graviton core.",
-        "",
-    ]
-    rows = [
-        [
-            f"{f.instance.name} ({f.instance.processor}, {f.instance.vcpus} vCPU, "
-            f"${f.instance.usd_per_hour:.4g}/h)",
-            fmt_rps(f.per_core_rps),
-            str(f.vcpus),
-            str(f.pods),
-            str(f.nodes),
-            f"${f.usd_per_hour:,.2f}",
-            f"${f.usd_per_month:,.0f}",
-            f"${f.usd_per_million_requests:.5f}",
-        ]
-        for f in report.fleet
-    ]
-    header = [
-        "instance",
-        "req/s per core",
-        "vCPUs",
-        "pods",
-        "nodes",
-        "$/hour",
-        "$/month",
-        "$ per 1M req",
-    ]
-    return lines + _table(header, rows)
-
-
 # Other processes' load on the server core above which a system's figures are flagged as noisy.
 NOISY_OTHER_LOAD = 0.1
 
@@ -326,9 +278,9 @@ def render_results(report: BenchReport) -> list[str]:
         "",
         *predict_table(report.predict),
         "",
-        "### Fleet projection for 1,000,000 requests/s",
+        "### Sizing a fleet",
         "",
-        *fleet_table(report),
+        *sizing_lines(report),
     ]
     if report.versions:
         lines += [
