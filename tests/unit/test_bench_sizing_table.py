@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 
 from bench.measurements import SystemResult
 from bench.report import BenchReport
-from bench.run import update_sizing_docs
+from bench.run import SIZING_DOCS, update_sizing_docs
 from bench.sizing_table import (
     INSTANCES,
     RATES,
@@ -19,6 +21,8 @@ from bench.sizing_table import (
     update_block,
 )
 from rtbserve import sizing
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _report(arch: str = "x86_64", cpu: str = "Intel(R) Xeon(R) Platinum 8375C") -> BenchReport:
@@ -104,3 +108,18 @@ def test_block_is_replaced_in_every_readme_with_its_own_link(tmp_path: Path) -> 
 def test_missing_markers_are_refused() -> None:
     with pytest.raises(ValueError, match="sizing:start"):
         update_block("no block", ["x"], "link")
+
+
+def test_the_readmes_carry_the_table_of_the_last_full_run() -> None:
+    """Generated, not typed: regenerating from the newest full run's JSON changes nothing."""
+    results = REPO / "bench" / "results"
+    runs = sorted(p for p in results.glob("*.json") if re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.stem))
+    assert runs, "no full bench run in bench/results"
+    report = BenchReport.read_json(runs[-1])
+    for doc in SIZING_DOCS:
+        text = doc.read_text()
+        link = os.path.relpath(runs[-1].with_suffix(".md"), doc.parent)
+        assert update_block(text, sizing_lines(report), link) == text, (
+            f"{doc} is not the table of {runs[-1].name}: run "
+            f"`python -m bench.run --render-only {runs[-1].relative_to(REPO)}`"
+        )
