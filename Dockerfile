@@ -3,7 +3,8 @@
 # One image runs the model server, the load generator and the operator:
 #   rtbserve serve | rtbserve loadgen | rtbserve operator
 #
-# Multi-arch (Graviton arm64 and amd64); a multi-platform image goes straight to a registry:
+# Multi-arch (Graviton arm64 and amd64). Without a Docker daemon, `make image` builds both with
+# buildah on Debian bookworm bases made locally (hack/image.sh); with Docker and Docker Hub:
 #   docker buildx build --platform linux/arm64,linux/amd64 -t <registry>/rtbserve:0.1.0 --push .
 #
 # Each platform's stages run on that platform (natively or under emulation), so the
@@ -14,22 +15,26 @@
 # so one writable volume at /tmp is all a pod needs.
 #   docker run --read-only --tmpfs /tmp rtbserve:dev serve --model s3://bucket/models/ctr/
 
+# Any Debian-based CPython 3.11 works: python:3.11-slim, or the bookworm bases hack/image.sh
+# makes (the builder's base then has the compiler already, and no network is needed for it).
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG BUILDER_IMAGE=${PYTHON_IMAGE}
 
 # ---- builder: compile the wheel and install it with its dependencies into a venv ----
-FROM ${PYTHON_IMAGE} AS builder
+FROM ${BUILDER_IMAGE} AS builder
 
 # Unpinned on purpose: Debian's security updates replace exact versions.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
+RUN command -v cc >/dev/null \
+    || { apt-get update \
+         && apt-get install -y --no-install-recommends build-essential \
+         && rm -rf /var/lib/apt/lists/*; }
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
     VIRTUAL_ENV=/opt/rtbserve
 
-RUN python -m venv "$VIRTUAL_ENV"
+RUN python3 -m venv "$VIRTUAL_ENV"
 
 WORKDIR /src
 
@@ -40,14 +45,14 @@ COPY pyproject.toml ./
 # Dask scheduler, workers and `rtbserve train --dask` run (docs/distributed-training.md).
 ARG EXTRAS=""
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    EXTRAS="$EXTRAS" python -c 'import os, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in os.environ["EXTRAS"].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
+    EXTRAS="$EXTRAS" python3 -c 'import os, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e for e in os.environ["EXTRAS"].split(",") if e]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' \
        > /tmp/requirements.txt \
     && "$VIRTUAL_ENV/bin/pip" install -r /tmp/requirements.txt
 
 # .dockerignore lets in only the packaging files and the Python packages.
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    python -m pip wheel --no-deps --wheel-dir /wheels . \
+    "$VIRTUAL_ENV/bin/pip" wheel --no-deps --wheel-dir /wheels . \
     && "$VIRTUAL_ENV/bin/pip" install --no-deps /wheels/*.whl \
     && "$VIRTUAL_ENV/bin/pip" check \
     && "$VIRTUAL_ENV/bin/rtbserve" --version
@@ -64,7 +69,7 @@ RUN groupadd --system --gid 10001 rtbserve \
     && useradd --system --uid 10001 --gid 10001 \
        --home-dir /tmp --no-create-home --shell /usr/sbin/nologin rtbserve
 
-# The venv's python links to /usr/local/bin/python3.11, identical in both stages.
+# The venv's python links to the base's python3.11, the same in both stages.
 COPY --from=builder /opt/rtbserve /opt/rtbserve
 
 # Nothing writes to the image at run time: no .pyc files, and every tool that keeps

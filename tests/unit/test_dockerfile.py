@@ -58,7 +58,10 @@ def global_args(commands: tuple[dockerfile.Command, ...]) -> dict[str, str]:
             break
         if c.cmd == "ARG":
             key, _, default = c.value[0].partition("=")
-            args[key] = default
+            # A default may name an earlier ARG (BUILDER_IMAGE=${PYTHON_IMAGE}).
+            args[key] = re.sub(
+                r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), default
+            )
     return args
 
 
