@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-IMAGE ?= rtbserve:dev
+IMAGE ?= localhost/rtbserve:dev
+ARCHES ?= amd64 arm64
 PLATFORMS ?= linux/arm64,linux/amd64
-# A multi-platform build must go to a registry: `make image IMAGE=<registry>/rtbserve:tag PUSH=1`.
+# docker buildx (for hosts with Docker): a multi-platform build must go to a registry.
 PUSH ?=
 
-.PHONY: help venv demo test test-unit test-e2e lint format typecheck native-lint native-sanitize fuzz bench image clean
+.PHONY: help venv demo test test-unit test-e2e lint format typecheck native-lint native-sanitize fuzz bench image image-test image-push image-buildx clean
 
 help:
 	@echo "make demo      train, upload to a local S3, serve and load-test, all on this machine"
@@ -18,7 +19,9 @@ help:
 	@echo "make fuzz FUZZ_SECONDS=3600   each fuzz target for that long, sanitized"
 	@echo "make bench     benchmarks: rtbserve beside its peers (writes bench/results/)"
 	@echo "make cluster-up / cluster-down   a local kwok Kubernetes cluster"
-	@echo "make image     multi-arch container image with docker buildx"
+	@echo "make image     the image for amd64 and arm64 with buildah, no Docker daemon or registry needed"
+	@echo "make image-test   run it as a pod would, per architecture (arm64 under qemu)"
+	@echo "make image-push REGISTRY=host:port/path   push the manifest list"
 
 $(STAMP): pyproject.toml $(wildcard setup.py)
 	$(PYTHON) -m venv $(VENV)
@@ -66,7 +69,19 @@ test-e2e: $(STAMP) cluster-tools
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# Debian bookworm bases made with mmdebstrap (cached in ~/.cache/rtbserve/images), then the
+# Dockerfile with buildah per architecture, gathered in the manifest list $(IMAGE).
+# PYTHON_IMAGE=python:3.11-slim builds on Docker Hub's image instead.
 image:
+	IMAGE=$(IMAGE) ARCHES="$(ARCHES)" hack/image.sh build
+
+image-test: $(STAMP)
+	IMAGE=$(IMAGE) ARCHES="$(ARCHES)" $(BIN)/python -m pytest -m image tests/image -s
+
+image-push:
+	IMAGE=$(IMAGE) hack/image.sh push $(REGISTRY)
+
+image-buildx:
 	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) $(if $(PUSH),--push,) .
 
 clean:
