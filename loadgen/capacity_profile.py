@@ -173,11 +173,25 @@ def to_json(profile: CapacityProfile) -> bytes:
     return profile.model_dump_json(indent=2).encode() + b"\n"
 
 
-def read_profile(source: str) -> CapacityProfile:
-    """A profile from a file or an s3:// URI."""
-    from loadgen import s3io
+INFERENCE_MODEL_PREFIXES = ("inferencemodel/", "inferencemodels/", "im/")
+
+
+def read_profile(source: str, namespace: str | None = None) -> CapacityProfile:
+    """A profile from a file, an s3:// URI, or an InferenceModel's status.capacity
+    (`inferencemodel/NAME` or `im/NAME`, in `namespace` or the kubeconfig's)."""
+    import orjson
+
+    from loadgen import k8s_status, s3io
     from loadgen.exit_codes import LoadgenError
 
+    kind_prefix = next((p for p in INFERENCE_MODEL_PREFIXES if source.startswith(p)), None)
+    if kind_prefix is not None:
+        name = source[len(kind_prefix) :]
+        try:
+            ns, capacity = k8s_status.read_capacity(name, namespace)
+        except LoadgenError as exc:
+            raise ProfileError(exc.message) from None
+        return parse_profile(orjson.dumps(capacity), f"InferenceModel {ns}/{name} status.capacity")
     if s3io.is_s3_uri(source):
         try:
             data = b"".join(s3io.iter_object_chunks(source))

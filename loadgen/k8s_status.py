@@ -88,6 +88,39 @@ def write_capacity(name: str, namespace: str | None, profile: dict[str, Any]) ->
     return _patch_status(name, namespace, "capacity", profile)
 
 
+def read_capacity(name: str, namespace: str | None) -> tuple[str, dict[str, Any]]:
+    """`status.capacity` of InferenceModel `namespace/name`, and the namespace read."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    ns = namespace or default_namespace(_load_config())
+    if namespace:
+        _load_config()
+    try:
+        obj: Any = client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name
+        )
+    except ApiException as exc:
+        reason = {
+            404: f"InferenceModel {ns}/{name} not found",
+            403: "forbidden: reading it needs 'get' on inferencemodels",
+        }.get(exc.status or 0, f"HTTP {exc.status}: {exc.reason}")
+        raise LoadgenError(ExitCode.PUBLISH_FAILED, f"cannot read {ns}/{name}: {reason}") from None
+    except (HTTPError, OSError) as exc:
+        raise LoadgenError(
+            ExitCode.PUBLISH_FAILED, f"cannot reach the Kubernetes API: {exc}"
+        ) from None
+    capacity = (obj.get("status") or {}).get("capacity")
+    if not isinstance(capacity, dict):
+        raise LoadgenError(
+            ExitCode.PUBLISH_FAILED,
+            f"InferenceModel {ns}/{name} has no status.capacity yet: run its load test with "
+            "--find-saturation --profile-out (the operator's loadTest does)",
+        )
+    return ns, capacity
+
+
 def _patch_status(name: str, namespace: str | None, field: str, value: dict[str, Any]) -> str:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException

@@ -3,6 +3,7 @@
     rtbserve capacity --profile profile.json --rate 400k --slo-p99 2ms --instance c7g.2xlarge
     rtbserve capacity --profile s3://bucket/models/m/v3/capacity.json --rate 1M --output values
     rtbserve capacity --profile profile.json --rate 1M --output eksctl
+    rtbserve capacity --profile inferencemodel/ssp-filter -n rtb --rate 400k
 
 The profile comes from `rtbserve loadgen --find-saturation --profile-out`. The fleet is spread
 over --zones zones and holds the rate with one of them lost; each pod runs at the HPA's target
@@ -44,7 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--profile", required=True, help="capacity profile: a file or s3:// URI")
+    p.add_argument(
+        "--profile",
+        required=True,
+        help="capacity profile: a file, an s3:// URI, or inferencemodel/NAME (its status.capacity)",
+    )
+    p.add_argument(
+        "-n", "--namespace", help="the InferenceModel's namespace (default: the kubeconfig's)"
+    )
     p.add_argument("--rate", required=True, type=_rate, help="peak req/s, e.g. 400k, 1M")
     p.add_argument("--slo-p99", type=parse_duration, default=0.002, help="default 2ms")
     p.add_argument("--instance", default="c7g.2xlarge", help="EC2 instance type of the nodes")
@@ -178,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        profile = read_profile(args.profile)
+        profile = read_profile(args.profile, args.namespace)
         prices = sizing.load_prices(args.prices)
         instance = prices.instance(args.instance)
         slo_ms = args.slo_p99 * 1000.0

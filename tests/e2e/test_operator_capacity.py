@@ -9,6 +9,9 @@ says so) for a new model without a profile or for a bad profile, and a hand-set 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -61,6 +64,15 @@ def _rps_target(models: Models, name: str) -> str | None:
     return None
 
 
+def _capacity_cli(models: Models, *args: str) -> subprocess.CompletedProcess[str]:
+    """`rtbserve capacity` with this cluster's kubeconfig, as a user runs it."""
+    env = os.environ | {"KUBECONFIG": str(models.cluster.kubeconfig)}
+    return subprocess.run(
+        [sys.executable, "-m", "rtbserve", "capacity", *args],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
 def _wait_target(models: Models, name: str, value: str | None) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         status = models.get(name).get("status", {})
@@ -82,6 +94,9 @@ def test_hpa_target_set_kept_and_updated_as_profiles_arrive(
     # no profile yet: CPU only, and the condition says why
     models.wait_condition(name, "CapacityMeasured", "False", "ProfileMissing")
     _wait_target(models, name, None)
+    missing = _capacity_cli(models, "--profile", f"im/{name}", "-n", models.ns, "--rate", "1M")
+    assert missing.returncode == 2
+    assert "has no status.capacity yet" in missing.stderr
 
     _write_capacity(models, name, _profile(first.sha256, 10_000))
     status = _wait_target(models, name, "7000")
@@ -90,6 +105,13 @@ def test_hpa_target_set_kept_and_updated_as_profiles_arrive(
     wide = models.kubectl("get", "inferencemodel", name, "-o", "wide").stdout
     assert "RPS-TARGET" in wide
     assert "7000" in wide
+
+    # the sizing command reads the same measurement from the InferenceModel
+    sized = _capacity_cli(models, "--profile", f"inferencemodel/{name}", "-n", models.ns,
+                          "--rate", "100k", "--output", "json")  # fmt: skip
+    assert sized.returncode == 0, sized.stderr
+    assert json.loads(sized.stdout)["model_sha256"] == first.sha256
+    assert json.loads(sized.stdout)["capacity_per_pod"] == 10_000
 
     _write_capacity(models, name, _profile(first.sha256, 20_000))  # a new measurement
     _wait_target(models, name, "14000")
