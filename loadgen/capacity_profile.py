@@ -50,8 +50,9 @@ class PodShape(_Strict):
 
 class SloCapacity(_Strict):
     p99_ms: float = Field(gt=0)
-    #: the highest probed rate that met the objective; None when none did
-    requests_per_second: float | None = Field(ge=0)
+    #: the highest probed rate that met the objective; None when none did. It may be absent:
+    #: status.capacity is written by a JSON merge patch, where a null removes the key.
+    requests_per_second: float | None = Field(default=None, ge=0)
 
 
 class CurvePoint(_Strict):

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import pytest
@@ -134,3 +135,36 @@ def test_hpa_target_set_kept_and_updated_as_profiles_arrive(
     # a hand-set target always wins
     models.patch_spec(name, {"autoscaling": {**AUTO, "targetRequestsPerSecond": 123}})
     _wait_target(models, name, "123")
+
+
+def test_a_real_saturation_search_sets_the_hpa_target(
+    models: Models,
+    published_models: PublishedModels,
+    small_artifact: Any,
+    start_rtbserve: Any,
+    run_loadgen: Any,
+) -> None:
+    """The load test's search writes status.capacity; the operator sets the HPA from it.
+
+    The objective is p99 <= 10 s, which every probe meets, so the search climbs to --max-rate
+    whatever the machine's speed and the target is known: 70% of 200 req/s.
+    """
+    name = unique("measured")
+    auto = {**AUTO, "capacitySloP99Ms": 10_000}
+    models.apply(name, spec_for(published_models.first.uri, autoscaling=auto))
+    models.wait_condition(name, "CapacityMeasured", "False", "ProfileMissing")
+    env = {"KUBECONFIG": str(models.cluster.kubeconfig)}
+    with start_rtbserve(small_artifact) as server, tempfile.TemporaryDirectory() as work:
+        run = run_loadgen(
+            "--target", f"{server.host}:{server.thrift_port}", "--synthetic-bidders", "4",
+            "--seed", "7", "--find-saturation", "--profile-out", f"{work}/profile.json",
+            "--profile-slo", "1us,10s", "--rate", "50", "--max-rate", "200",
+            "--step-duration", "1s", "--warmup", "0s",
+            "--inference-model", name, "--namespace", models.ns, env=env,
+        )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert f"status.capacity written to InferenceModel {models.ns}/{name}" in run.stdout
+    status = _wait_target(models, name, "140")
+    assert "70% of 200 req/s at p99 <= 10000 ms" in status["autoscaling"]["source"]
+    assert status["capacity"]["model"]["sha256"] == published_models.first.sha256
+    models.wait_condition(name, "CapacityMeasured", "True", "Measured")

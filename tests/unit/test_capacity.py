@@ -133,6 +133,19 @@ def test_a_profile_without_the_slo_asked_says_what_it_has() -> None:
         profile.capacity(5.0)
 
 
+def test_an_unmet_objective_may_be_null_or_absent() -> None:
+    """status.capacity is written by a JSON merge patch, which drops a null: both read alike."""
+    unmet = [
+        {"p99_ms": 0.001, "requests_per_second": None},
+        {"p99_ms": 2.0, "requests_per_second": 9.0},
+    ]
+    for slos in (unmet, [{"p99_ms": 0.001}, unmet[1]]):
+        profile = cp.CapacityProfile.model_validate(_profile(slos=slos))
+        assert profile.capacity(2.0) == 9.0
+        with pytest.raises(cp.ProfileError, match=r"no probed rate met p99 <= 0\.001 ms"):
+            profile.capacity(0.001)
+
+
 def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     path = tmp_path / "profile.json"
     path.write_bytes(orjson.dumps(_profile()))
