@@ -18,6 +18,8 @@ when running in a pod, else KUBECONFIG / ~/.kube/config.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,26 +93,12 @@ def write_capacity(name: str, namespace: str | None, profile: dict[str, Any]) ->
 def read_capacity(name: str, namespace: str | None) -> tuple[str, dict[str, Any]]:
     """`status.capacity` of InferenceModel `namespace/name`, and the namespace read."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
 
-    ns = namespace or default_namespace(_load_config())
-    if namespace:
-        _load_config()
-    try:
+    ns = _connect(namespace)
+    with _api_errors(ns, name, "read the InferenceModel", verb="get", resource="inferencemodels"):
         obj: Any = client.CustomObjectsApi().get_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, name
         )
-    except ApiException as exc:
-        reason = {
-            404: f"InferenceModel {ns}/{name} not found",
-            403: "forbidden: reading it needs 'get' on inferencemodels",
-        }.get(exc.status or 0, f"HTTP {exc.status}: {exc.reason}")
-        raise LoadgenError(ExitCode.PUBLISH_FAILED, f"cannot read {ns}/{name}: {reason}") from None
-    except (HTTPError, OSError) as exc:
-        raise LoadgenError(
-            ExitCode.PUBLISH_FAILED, f"cannot reach the Kubernetes API: {exc}"
-        ) from None
     capacity = (obj.get("status") or {}).get("capacity")
     if not isinstance(capacity, dict):
         raise LoadgenError(
@@ -123,15 +111,12 @@ def read_capacity(name: str, namespace: str | None) -> tuple[str, dict[str, Any]
 
 def _patch_status(name: str, namespace: str | None, field: str, value: dict[str, Any]) -> str:
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
 
-    ns = namespace or default_namespace(_load_config())
-    if namespace:
-        _load_config()
-    api = client.CustomObjectsApi()
-    try:
-        api.patch_namespaced_custom_object_status(
+    ns = _connect(namespace)
+    with _api_errors(
+        ns, name, f"write status.{field}", verb="patch", resource="inferencemodels/status"
+    ):
+        client.CustomObjectsApi().patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             ns,
@@ -140,17 +125,31 @@ def _patch_status(name: str, namespace: str | None, field: str, value: dict[str,
             {"status": {field: value}},
             _content_type="application/merge-patch+json",
         )
+    return ns
+
+
+def _connect(namespace: str | None) -> str:
+    """Load the client configuration; the namespace to use (given, or the pod's/kubeconfig's)."""
+    kubeconfig_namespace = _load_config()
+    return namespace or default_namespace(kubeconfig_namespace)
+
+
+@contextmanager
+def _api_errors(ns: str, name: str, action: str, *, verb: str, resource: str) -> Iterator[None]:
+    """API and connection failures as a LoadgenError that says what to do."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
     except ApiException as exc:
         reason = {
             404: f"InferenceModel {ns}/{name} not found (is the CRD installed, the name right?)",
-            403: "forbidden: the service account needs 'patch' on inferencemodels/status",
-            422: f"the API server rejected status.{field}: {exc.body}",
+            403: f"forbidden: the service account needs '{verb}' on {resource}",
+            422: f"the API server rejected it: {exc.body}",
         }.get(exc.status or 0, f"HTTP {exc.status}: {exc.reason}")
-        raise LoadgenError(
-            ExitCode.PUBLISH_FAILED, f"cannot write status.{field}: {reason}"
-        ) from None
+        raise LoadgenError(ExitCode.PUBLISH_FAILED, f"cannot {action}: {reason}") from None
     except (HTTPError, OSError) as exc:
         raise LoadgenError(
             ExitCode.PUBLISH_FAILED, f"cannot reach the Kubernetes API: {exc}"
         ) from None
-    return ns
