@@ -33,6 +33,7 @@ install_tools() {
   [[ -x /usr/bin/qemu-aarch64-static ]] || missing+=(qemu-user-static)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} from Debian"
+    apt-get update -qq  # a new machine may have no package lists yet
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       buildah podman mmdebstrap runc qemu-user-static uidmap >/dev/null
   fi
