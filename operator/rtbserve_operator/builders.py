@@ -62,7 +62,12 @@ NLB_TARGET_TYPE = "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type"
 
 def selector_labels(im: InferenceModel) -> dict[str, str]:
     """The Deployment/PDB selector: immutable once created, so only stable keys."""
-    return {LABEL_NAME: APP_NAME, LABEL_INFERENCE_MODEL: im.name}
+    return model_server_selector(im.name)
+
+
+def model_server_selector(name: str) -> dict[str, str]:
+    """The labels every model-server pod of InferenceModel `name` carries."""
+    return {LABEL_NAME: APP_NAME, LABEL_INFERENCE_MODEL: name}
 
 
 def common_labels(im: InferenceModel) -> dict[str, str]:

@@ -98,6 +98,13 @@ def deployment_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **
     )
 
 
+# A container stuck pulling its image or crashing is reported at once, not at the Deployment's
+# progress deadline. (Load-test pods carry no inferencemodel label, so they refresh nothing.)
+@kopf.on.event("v1", "pods", labels=OWNED, registry=REGISTRY)
+def pod_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    _counted("pod", reconcile.refresh, _ctx(memo), namespace, labels.get(LABEL_INFERENCE_MODEL))
+
+
 @kopf.on.event("v1", "services", labels=OWNED, registry=REGISTRY)
 def service_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     _counted("service", reconcile.refresh, _ctx(memo), namespace, labels.get(LABEL_INFERENCE_MODEL))

@@ -55,6 +55,7 @@ SERVICES = Kind("v1", "services")
 HPAS = Kind("autoscaling/v2", "horizontalpodautoscalers")
 PDBS = Kind("policy/v1", "poddisruptionbudgets")
 JOBS = Kind("batch/v1", "jobs")
+PODS = Kind("v1", "pods")
 
 
 def kind_of(obj: Mapping[str, Any]) -> Kind:
@@ -121,12 +122,16 @@ class KubeApi:
                 return None
             raise
 
-    def list(self, kind: Kind, namespace: str | None) -> list[dict[str, Any]]:
-        """Every object of `kind` in `namespace` (None: all namespaces)."""
+    def list(
+        self, kind: Kind, namespace: str | None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every object of `kind` in `namespace` (None: all namespaces), optionally only those
+        matching `label_selector` ("key=value,...")."""
         items: list[dict[str, Any]] = []
         token = ""
+        selector = [("labelSelector", label_selector)] if label_selector else []
         while True:
-            query = [("limit", "500")] + ([("continue", token)] if token else [])
+            query = [("limit", "500"), *selector] + ([("continue", token)] if token else [])
             page = self.request("GET", kind.path(namespace), query=query)
             items += page.get("items", [])
             token = page.get("metadata", {}).get("continue", "")

@@ -14,9 +14,10 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from rtbserve_operator.builders import model_server_selector
 from rtbserve_operator.conditions import DEGRADED, READY, ROLLED_BACK, now_rfc3339, transitions
 from rtbserve_operator.constants import API_VERSION, PLURAL
-from rtbserve_operator.kube import DEPLOYMENTS, SERVICES, KubeApi
+from rtbserve_operator.kube import DEPLOYMENTS, PODS, SERVICES, KubeApi
 from rtbserve_operator.metrics import ERRORS, STATUS_WRITES
 from rtbserve_operator.status import changes_anything, status_patch
 
@@ -73,8 +74,10 @@ def write_status(
             return None
         deployment = kube.get(DEPLOYMENTS, namespace, name)
         service = kube.get(SERVICES, namespace, name)
+        selector = ",".join(f"{k}={v}" for k, v in model_server_selector(name).items())
+        pods = kube.list(PODS, namespace, selector) if deployment else []
         before = im.get("status") or {}
-        patch = status_patch(im, deployment, service, now=now_rfc3339(), **from_rollout)
+        patch = status_patch(im, deployment, service, now=now_rfc3339(), pods=pods, **from_rollout)
         if not changes_anything(before, patch):
             STATUS_WRITES.labels(result="unchanged").inc()
             return im

@@ -1,13 +1,14 @@
 """Pure derivation of an InferenceModel's status from what the cluster really runs.
 
 Inputs: the InferenceModel (its spec and the identity the operator last verified and rolled
-out), its Deployment and its Service. Output: a JSON merge patch for `.status`. Fields written
-by others (`lastLoadTest`, by loadgen) are never part of the patch, so they are never clobbered.
+out), its Deployment, its Service and its pods (whose containers say why they cannot run).
+Output: a JSON merge patch for `.status`. Fields written by others (`lastLoadTest`, by
+loadgen) are never part of the patch, so they are never clobbered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -25,6 +26,7 @@ from rtbserve_operator.conditions import (
     merge,
 )
 from rtbserve_operator.identity import ModelIdentity, identity_of_deployment
+from rtbserve_operator.pods import PodProblem, pod_problem_of
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def derive_conditions(
     pinned: ModelIdentity | None,
     deployment: Mapping[str, Any] | None,
     problem: Problem | None = None,
+    stuck: PodProblem | None = None,
 ) -> list[Condition]:
     serving = identity_of_deployment(deployment)
     if deployment is None:
@@ -184,6 +187,10 @@ def derive_conditions(
             "ArtifactRejected",
             f"{verified.message}; still serving {serving_text}",
         )
+    elif stuck is not None:
+        degraded = Condition(
+            DEGRADED, "True", stuck.reason, f"{stuck.message}; still serving {serving_text}"
+        )
     elif rollout.failed:
         degraded = Condition(DEGRADED, "True", "ProgressDeadlineExceeded", rollout.message)
     elif replica_failure is not None and replica_failure.true:
@@ -201,6 +208,8 @@ def derive_conditions(
         ready = Condition(READY, "False", verified.reason, verified.message)
     elif rolled_back:
         ready = Condition(READY, "False", "RolledBack", rolled.message)
+    elif not rollout.complete and stuck is not None:
+        ready = Condition(READY, "False", stuck.reason, f"{rollout.message}; {stuck.message}")
     elif not rollout.complete:
         ready = Condition(READY, "False", "RollingOut", rollout.message)
     elif not available.true or ready_count < desired:
@@ -225,11 +234,12 @@ def status_patch(
     observed_generation: int | None = None,
     rollout_error: Problem | _Keep | None = KEEP,
     autoscaling: RpsTarget | None = None,
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The `.status` merge patch. `verified`, `artifact`, `observed_generation`,
-    `rollout_error` and `autoscaling` (the HPA's requests/s target and its condition) come
-    from the rollout and capacity handlers; the Deployment/Service watchers leave them as
-    stored."""
+    """The `.status` merge patch. `pods` are the model-server pods of any revision.
+    `verified`, `artifact`, `observed_generation`, `rollout_error` and `autoscaling` (the HPA's
+    requests/s target and its condition) come from the rollout and capacity handlers; the
+    Deployment/Service/Pod watchers leave them as stored."""
     status = im.get("status") or {}
     generation = int(im.get("metadata", {}).get("generation", 0))
     verified_cond = _verification(status, verified)
@@ -240,7 +250,7 @@ def status_patch(
         if isinstance(rollout_error, _Keep)
         else rollout_error
     )
-    conditions = derive_conditions(verified_cond, pinned, deployment, problem)
+    conditions = derive_conditions(verified_cond, pinned, deployment, problem, pod_problem_of(pods))
     measured = (
         autoscaling.condition
         if autoscaling is not None

@@ -71,7 +71,7 @@ def test_handlers_roll_out_only_on_create_or_spec_change_and_need_no_finalizer()
     assert not any(h.requires_finalizer for h in changing)
     assert not list(REGISTRY._spawning.get_all_handlers())  # no timers/daemons: no finalizers
     watched = {resource_name(h.selector) for h in REGISTRY._watching.get_all_handlers()}
-    assert watched == {"deployments", "services"}
+    assert watched == {"deployments", "pods", "services"}
     for handler in changing:
         assert handler.selector is not None
         assert handler.selector.group == GROUP
@@ -106,7 +106,9 @@ def test_rbac_is_least_privilege(rbac: list[dict[str, Any]]) -> None:
     }
     for group, resource, verb in granted:
         assert "*" not in (group, resource, verb)
-        assert resource not in {"secrets", "pods", "configmaps"}
+        assert resource not in {"secrets", "configmaps"}
+        if resource == "pods":  # read only: their containers' states feed status
+            assert verb in {"list", "watch"}
         assert verb not in {"escalate", "bind", "impersonate", "deletecollection"}
         if verb == "delete":
             assert resource == "horizontalpodautoscalers"
@@ -121,6 +123,7 @@ def test_rbac_is_least_privilege(rbac: list[dict[str, Any]]) -> None:
         ("autoscaling", "horizontalpodautoscalers", "patch"),
         ("policy", "poddisruptionbudgets", "patch"),
         ("", "events", "create"),
+        ("", "pods", "watch"),
     }
     assert needed <= granted
 
