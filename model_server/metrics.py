@@ -134,11 +134,14 @@ def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
 class ServerCollector(Collector):
     """Adds up the workers' latest snapshots for each scrape."""
 
-    def __init__(self, model_labels: Mapping[str, str]) -> None:
+    def __init__(
+        self, model_labels: Mapping[str, str], startup: Mapping[str, float] | None = None
+    ) -> None:
         self._lock = Lock()
         self._live: dict[int, WorkerStats] = {}
         self._retired = WorkerStats()
         self._model_labels = dict(model_labels)
+        self._startup = dict(startup or {})
 
     def update(self, worker_id: int, stats: WorkerStats) -> None:
         with self._lock:
@@ -190,6 +193,15 @@ class ServerCollector(Collector):
             [labels["name"], labels["version"], labels["sha256"], labels["backend"]], 1.0
         )
         yield info
+        startup = GaugeMetricFamily(
+            "rtbserve_startup_seconds",
+            "Seconds each start-up phase took: download (fetch and verify the artifact), load "
+            "(parse the model, build the predictor).",
+            labels=["phase"],
+        )
+        for phase, seconds in sorted(self._startup.items()):
+            startup.add_metric([phase], seconds)
+        yield startup
 
 
 def stats_to_wire(stats: WorkerStats) -> dict[str, Any]:

@@ -261,6 +261,9 @@ def test_errors_and_calls_show_in_metrics(rtbserve_server: RunningServer, model:
     assert len(info) == 1
     assert 'backend="native"' in info[0]
     assert 'version="v-test"' in info[0]
+    # How long the start-up phases took, for sizing how fast new pods can serve.
+    assert after['rtbserve_startup_seconds{phase="download"}'] >= 0
+    assert after['rtbserve_startup_seconds{phase="load"}'] > 0
 
 
 def _metrics(server: RunningServer) -> dict[str, float]:
