@@ -42,19 +42,21 @@ class LocalS3:
     """moto's S3 server on a free loopback port.
 
     `env` holds AWS_ENDPOINT_URL and the dummy credentials, for child processes that use the
-    standard AWS chain.
+    standard AWS chain. `host` is the address it listens on: loopback unless containers must
+    reach it too (their network's gateway, say).
     """
 
-    def __init__(self, start_timeout: float = 30.0) -> None:
-        self.port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, start_timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.endpoint_url = f"http://{host}:{self.port}"
         self.env: dict[str, str] = {**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalS3:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

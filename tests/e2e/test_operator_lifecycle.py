@@ -31,9 +31,10 @@ OWNED = [
 class Models:
     """kubectl helpers for InferenceModels in the operator's namespace."""
 
-    def __init__(self, cluster: Any, namespace: str) -> None:
+    def __init__(self, cluster: Any, namespace: str, settle: float = SETTLE) -> None:
         self.cluster = cluster
         self.ns = namespace
+        self.settle = settle
 
     def kubectl(self, *args: str, **kwargs: Any) -> Any:
         return self.cluster.kubectl("-n", self.ns, *args, **kwargs)
@@ -74,7 +75,7 @@ class Models:
             return cond if ok else None
 
         found: dict[str, Any] = wait_until(
-            check, SETTLE, f"{name}: {type_}={status} ({reason or 'any reason'})", interval=1
+            check, self.settle, f"{name}: {type_}={status} ({reason or 'any reason'})", interval=1
         )
         return found
 
@@ -104,7 +105,9 @@ class Models:
         def check() -> dict[str, Any] | None:
             return next((e for e in self.events(name) if e["reason"] == reason), None)
 
-        found: dict[str, Any] = wait_until(check, SETTLE, f"{name}: event {reason}", interval=1)
+        found: dict[str, Any] = wait_until(
+            check, self.settle, f"{name}: event {reason}", interval=1
+        )
         return found
 
 
