@@ -20,7 +20,7 @@ help:
 	@echo "make bench     benchmarks: rtbserve beside its peers (writes bench/results/)"
 	@echo "make cluster-up / cluster-down   a local kwok Kubernetes cluster"
 	@echo "make image     the image for amd64 and arm64 with buildah, no Docker daemon or registry needed"
-	@echo "make image-test   run it as a pod would, per architecture (arm64 under qemu)"
+	@echo "make image-test   run it as a pod would, per architecture (arm64 under qemu), then as a real pod of the local cluster"
 	@echo "make image-push REGISTRY=host:port/path   push the manifest list"
 
 $(STAMP): pyproject.toml $(wildcard setup.py)
@@ -75,7 +75,7 @@ bench: $(STAMP)
 image:
 	IMAGE=$(IMAGE) ARCHES="$(ARCHES)" hack/image.sh build
 
-image-test: $(STAMP)
+image-test: $(STAMP) cluster-tools
 	IMAGE=$(IMAGE) ARCHES="$(ARCHES)" $(BIN)/python -m pytest -m image tests/image -s
 
 image-push:

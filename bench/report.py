@@ -23,6 +23,8 @@ class BenchReport:
     systems: list[SystemResult] = field(default_factory=list)
     # In-process prediction rows/s (bench/predict_bench.py's run()), as it returned it.
     predict: dict[str, Any] | None = None
+    # bench/cold_start.py's measure(): one container's start-up phases, per model.
+    cold_start: dict[str, Any] | None = None
     # Phases that failed, with why; the rest of the run still reports.
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -57,6 +59,7 @@ class BenchReport:
             versions=data.get("versions", {}),
             systems=[SystemResult.from_dict(s) for s in data.get("systems", [])],
             predict=data.get("predict"),
+            cold_start=data.get("cold_start"),
             errors=list(data.get("errors", [])),
             notes=list(data.get("notes", [])),
             duration_s=float(data.get("duration_s", 0.0)),

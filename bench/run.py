@@ -109,6 +109,9 @@ def parse_args(argv: Sequence[str]) -> tuple[BenchConfig, argparse.Namespace]:
     )
     p.add_argument("--no-predict", action="store_true", help="skip the in-process prediction limit")
     p.add_argument(
+        "--no-cold-start", action="store_true", help="skip the container cold-start phase"
+    )
+    p.add_argument(
         "--cold-cores",
         action="store_true",
         help="let the cores idle between requests (no polling idle or busy loops; see "
@@ -236,6 +239,24 @@ def run_systems(report: BenchReport, cfg: BenchConfig, prep: Prepared, log: Prog
                 log(escape(traceback.format_exc(limit=3)))
 
 
+def run_cold_start(report: BenchReport, cfg: BenchConfig, log: Progress) -> None:
+    """bench/cold_start.py, when the image is built (`make image`); a note otherwise."""
+    from bench import cold_start
+
+    log.phase("cold start: pull, start, download, load, /readyz (python -m bench.cold_start)")
+    arch = cold_start.host_arch()
+    if not cold_start.image_available(arch):
+        report.notes.append(f"cold start not measured: no image {cold_start.IMAGE}-{arch} "
+                            "(run `make image` first)")  # fmt: skip
+        log("  skipped: no image (run `make image` first)")
+        return
+    try:
+        report.cold_start = cold_start.measure(1 if cfg.quick else 3, log=log)
+    except Exception as exc:
+        report.errors.append(f"cold start: {type(exc).__name__}: {exc}")
+        log(f"  [red]failed:[/red] {escape(str(exc))}")
+
+
 # The READMEs whose "Sizing a fleet" block each full run regenerates.
 SIZING_DOCS = (REPO_DIR / "README.md", REPO_DIR / "charts" / "rtbserve" / "README.md")
 
@@ -280,6 +301,12 @@ def write_outputs(report: BenchReport, cfg: BenchConfig, update_docs: bool, log:
             log(f"  updated {cfg.readme}")
         for doc in update_sizing_docs(report, md_path):
             log(f"  updated the sizing table in {doc}")
+        if report.cold_start:
+            from bench.cold_start import CHART_README, markdown, update_doc
+
+            table = markdown(report.cold_start)
+            CHART_README.write_text(update_doc(CHART_README.read_text(), table))
+            log(f"  updated the cold-start table in {CHART_README}")
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -341,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ):
                 report.settings["warm_method"] = warm_cores.method()
                 run_systems(report, cfg, prep, log)
+        if not args.no_cold_start:
+            run_cold_start(report, cfg, log)
     except (KeyboardInterrupt, SystemExit) as exc:
         # Ctrl-C or SIGTERM: stop everything, then still write what was measured.
         code = exc.code if isinstance(exc, SystemExit) else 130

@@ -282,6 +282,8 @@ def render_results(report: BenchReport) -> list[str]:
         "",
         *sizing_lines(report),
     ]
+    if report.cold_start:
+        lines += ["", "### Cold start", "", *cold_start_markdown(report.cold_start)]
     if report.versions:
         lines += [
             "",
@@ -293,6 +295,12 @@ def render_results(report: BenchReport) -> list[str]:
     if report.errors:
         lines += ["", "Phases that failed:", "", *[f"- {e}" for e in report.errors]]
     return lines
+
+
+def cold_start_markdown(result: dict[str, Any]) -> list[str]:
+    from bench.cold_start import markdown
+
+    return markdown(result)
 
 
 def render_summary(report: BenchReport, chart_name: str | None) -> str:

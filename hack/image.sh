@@ -27,7 +27,7 @@ log() { printf '[image] %s\n' "$*" >&2; }
 
 install_tools() {
   local missing=()
-  for tool in buildah podman mmdebstrap runc; do
+  for tool in buildah podman mmdebstrap runc docker-registry; do
     command -v "$tool" >/dev/null || missing+=("$tool")
   done
   [[ -x /usr/bin/qemu-aarch64-static ]] || missing+=(qemu-user-static)
@@ -35,7 +35,7 @@ install_tools() {
     log "installing ${missing[*]} from Debian"
     apt-get update -qq  # a new machine may have no package lists yet
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      buildah podman mmdebstrap runc qemu-user-static uidmap >/dev/null
+      buildah podman mmdebstrap runc qemu-user-static uidmap docker-registry >/dev/null
   fi
 }
 

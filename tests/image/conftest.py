@@ -16,7 +16,7 @@ import yaml
 from rtbserve.local_s3 import LocalS3
 from tests.realpod.forward import TcpForwarder
 from tests.realpod.node import NodeSpec, Podman, PodmanNode, write_containers_conf
-from tests.realpod.registry import LocalRegistry
+from rtbserve.local_registry import LocalRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "localhost/rtbserve:dev")
