@@ -77,6 +77,7 @@ cmd_up() {
             --kube-scheduler-binary "$RTBSERVE_KUBE_SCHEDULER" \
             --etcd-binary "$RTBSERVE_ETCD" \
             --kwok-controller-binary "$RTBSERVE_KWOK" \
+            --config "$ROOT/hack/kwok-config.yaml" \
             --disable-qps-limits \
             --wait 120s \
             --timeout 5m >&2 || {

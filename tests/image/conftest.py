@@ -44,10 +44,13 @@ LOADGEN = NodeSpec(
 
 
 @pytest.fixture(scope="session")
-def pod_gateway(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pod_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The pod network's gateway: the host's address as the containers see it."""
-    conf = write_containers_conf(tmp_path_factory.mktemp("podman"))
-    return Podman(POD_NETWORK, conf).gateway()
+    podman = Podman(POD_NETWORK, write_containers_conf(tmp_path_factory.mktemp("podman")))
+    try:
+        yield podman.gateway()
+    finally:
+        podman.release()
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,13 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _seconds(stamp: Any) -> str | None:
+    """podman's RFC 3339 time with nanoseconds, to whole seconds as the API stores it."""
+    if not isinstance(stamp, str) or len(stamp) < 19 or stamp.startswith("0001"):
+        return None
+    return stamp[:19] + "Z"
+
+
 def _micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -86,15 +93,29 @@ class Podman:
         registry = image.split("/", 1)[0]
         return ["--tls-verify=false"] if registry in self.insecure_registries else []
 
+    @property
+    def holder(self) -> str:
+        return f"{self.network}-gateway"
+
     def gateway(self) -> str:
-        """The network's gateway: the host as containers reach it (created if missing)."""
+        """The network's gateway: the host as containers reach it. The network is created if
+        missing, and an empty pod holds its bridge (and so the gateway address) up, so host
+        services can listen there before any pod runs; `release` removes it."""
         if self.run("network", "exists", self.network).returncode != 0:
             made = self.run("network", "create", self.network)
             if made.returncode != 0:
                 raise RuntimeError(f"podman network create {self.network}: {made.stderr}")
+        if self.run("pod", "exists", self.holder).returncode != 0:
+            self.run("pod", "create", "--name", self.holder, "--network", self.network)
+        started = self.run("pod", "start", self.holder)
+        if started.returncode != 0:
+            raise RuntimeError(f"podman pod start {self.holder}: {started.stderr}")
         info = json.loads(self.run("network", "inspect", self.network).stdout)[0]
         gateway: str = info["subnets"][0]["gateway"]
         return gateway
+
+    def release(self) -> None:
+        self.run("pod", "rm", "-f", "-t", "0", self.holder)
 
 
 def write_containers_conf(directory: Path) -> Path:
@@ -199,7 +220,9 @@ class PodmanNode:
             },
         }
         try:
-            self.leases.replace_namespaced_lease(node.name, "kube-node-lease", lease)
+            self.leases.patch_namespaced_lease(
+                node.name, "kube-node-lease", {"spec": lease["spec"]}
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -301,14 +324,14 @@ class PodRunner(threading.Thread):
         self.pod_ip: str | None = None
         self.started_at = now_rfc3339()
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.name_}-", dir=agent.workdir))
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._grace = 0
         self._written: Any = None
 
     # --- helpers ---------------------------------------------------------------------------
     def stop(self, grace: int) -> None:
         self._grace = grace
-        self._stop.set()
+        self._stopping.set()
 
     def _podman(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return self.agent.podman.run(*args, timeout=timeout)
@@ -344,7 +367,7 @@ class PodRunner(threading.Thread):
         try:
             self.report()
             images = self._pull_all()
-            if images is not None and not self._stop.is_set():
+            if images is not None and not self._stopping.is_set():
                 self._play(images)
                 self._watch()
         except Exception:
@@ -354,7 +377,7 @@ class PodRunner(threading.Thread):
 
     def _pull_all(self) -> dict[str, str] | None:
         attempt = 0
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             failures = []
             images: dict[str, str] = {}
             for spec, state in zip(self.pod["spec"]["containers"], self.containers, strict=True):
@@ -377,9 +400,9 @@ class PodRunner(threading.Thread):
                     "ImagePullBackOff",
                     f'Back-off pulling image "{state.image}": {failures[0][1]}',
                 )
-            self._stop.wait(min(delay, 2.0))  # report ErrImagePull first, as a kubelet does
+            self._stopping.wait(min(delay, 2.0))  # report ErrImagePull first, as a kubelet does
             self.report()
-            self._stop.wait(max(delay - 2.0, 0))
+            self._stopping.wait(max(delay - 2.0, 0))
         return None
 
     def _local_arch(self, image: str) -> str | None:
@@ -467,7 +490,7 @@ class PodRunner(threading.Thread):
             for state in self.containers:
                 state.waiting = ("CreateContainerConfigError", str(exc))
             self.report()
-            self._stop.wait()
+            self._stopping.wait()
             return
         path = self.dir / "pod.yaml"
         path.write_text(yaml.safe_dump(manifest))
@@ -496,7 +519,7 @@ class PodRunner(threading.Thread):
         policy = self.pod["spec"].get("restartPolicy", "Always")
         probes = {name: self._probes(spec) for name, spec in specs.items()}
         restart_at: dict[str, float] = {}
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             for state in self.containers:
                 ctr = f"{self.name_}-{state.name}"
                 info = self._inspect(ctr)
@@ -513,7 +536,7 @@ class PodRunner(threading.Thread):
                 elif st.get("Status") in ("exited", "stopped") and state.terminated is None:
                     self._exited(state, st, policy, restart_at, ctr)
             self.report()
-            self._stop.wait(POLL_SECONDS)
+            self._stopping.wait(POLL_SECONDS)
 
     def _exited(
         self,
@@ -526,9 +549,13 @@ class PodRunner(threading.Thread):
         code = int(st.get("ExitCode", 0))
         ended = {
             "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-            "startedAt": state.running_since, "finishedAt": now_rfc3339(),
+            "startedAt": state.running_since or _seconds(st.get("StartedAt")),
+            "finishedAt": _seconds(st.get("FinishedAt")) or now_rfc3339(),
             "containerID": f"podman://{state.container_id}",
         }  # fmt: skip
+        if code != 0:  # terminationMessagePolicy FallbackToLogsOnError: the log's tail
+            tail = self._podman("logs", "--tail", "5", ctr)
+            ended["message"] = (tail.stdout + tail.stderr).strip()[-1000:]
         state.ready = state.started = False
         if policy == "Never" or (policy == "OnFailure" and code == 0):
             state.terminated = ended
@@ -598,5 +625,5 @@ class PodRunner(threading.Thread):
     def _teardown(self) -> None:
         self._podman("pod", "stop", "-t", str(self._grace), self.name_, timeout=self._grace + 60)
         self._podman("pod", "rm", "-f", self.name_)
-        if self._stop.is_set():
+        if self._stopping.is_set():
             self.agent._force_delete(self.pod)
