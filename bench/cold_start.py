@@ -66,8 +66,12 @@ def host_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def _run(argv: Sequence[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(
+    argv: Sequence[str], timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])}: exit {done.returncode}: {done.stderr[-800:]}")
     return done
@@ -82,9 +86,20 @@ def image_available(arch: str) -> bool:
     return found.returncode == 0
 
 
+HOLDER = f"{NETWORK}-cold-start"
+
+
 def gateway() -> str:
+    """The pod network's gateway, held up by an empty pod so S3 can listen there first."""
     if subprocess.run(["podman", "network", "exists", NETWORK], check=False).returncode:
         _run(["podman", "network", "create", NETWORK])
+    if subprocess.run(["podman", "pod", "exists", HOLDER], check=False).returncode:
+        # The pod's infra container is created with runc and rlimits it may keep (see PODMAN).
+        conf = Path(tempfile.mkdtemp(prefix="rtbserve-cold-conf-")) / "containers.conf"
+        conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n')
+        _run([*PODMAN, "pod", "create", "--name", HOLDER, "--network", NETWORK],
+             env={**os.environ, "CONTAINERS_CONF": str(conf)})  # fmt: skip
+    _run([*PODMAN, "pod", "start", HOLDER])
     info = json.loads(_run(["podman", "network", "inspect", NETWORK]).stdout)[0]
     return str(info["subnets"][0]["gateway"])
 
@@ -191,6 +206,8 @@ def measure(repeats: int = 3, log: Any = print) -> dict[str, Any]:
                                              if k.endswith("_s")))  # fmt: skip
                 rows.append(row)
     finally:
+        subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", HOLDER], capture_output=True,
+                       check=False)  # fmt: skip
         shutil.rmtree(work, ignore_errors=True)
     return {
         "arch": arch,

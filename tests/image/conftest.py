@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from rtbserve.local_registry import LocalRegistry
 from rtbserve.local_s3 import LocalS3
 from tests.realpod.forward import TcpForwarder
 from tests.realpod.node import NodeSpec, Podman, PodmanNode, write_containers_conf
-from rtbserve.local_registry import LocalRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "localhost/rtbserve:dev")
@@ -48,7 +48,7 @@ def pod_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The pod network's gateway: the host's address as the containers see it."""
     podman = Podman(POD_NETWORK, write_containers_conf(tmp_path_factory.mktemp("podman")))
     try:
-        yield podman.gateway()
+        yield podman.hold_bridge()
     finally:
         podman.release()
 
@@ -78,10 +78,11 @@ def registry() -> Iterator[LocalRegistry]:
 
 def _push(ref: str, *, manifest_list: bool) -> None:
     argv = ["buildah", "manifest", "push", "--all"] if manifest_list else ["buildah", "push"]
-    subprocess.run(
+    done = subprocess.run(
         [*argv, "--tls-verify=false", IMAGE if manifest_list else ref, f"docker://{ref}"],
-        check=True, capture_output=True, timeout=900,
+        check=False, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
+    assert done.returncode == 0, f"{' '.join(argv)} {ref}: {done.stderr[-2000:]}"
 
 
 @pytest.fixture(scope="session")

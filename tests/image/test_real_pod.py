@@ -140,10 +140,14 @@ def test_a_real_pod_serves_its_model_and_load_test_and_rollout_undo_brings_back_
         f"{name}: status.lastLoadTest from the load-test Job",
         interval=2,
     )
-    jobs = models.json("get", "jobs", "-l", f"rtbserve.io/load-test-of={name}")["items"]
-    assert jobs
-    assert jobs[0]["status"].get("succeeded") == 1, jobs[0].get("status")
-    job = jobs[0]["metadata"]["name"]
+
+    def finished_jobs() -> list[dict[str, Any]]:
+        jobs = models.json("get", "jobs", "-l", f"rtbserve.io/load-test-of={name}")["items"]
+        return [j for j in jobs if j["status"].get("succeeded") or j["status"].get("failed")]
+
+    (finished,) = wait_until(finished_jobs, SETTLE, f"{name}: the load-test Job ends")
+    assert finished["status"].get("succeeded") == 1, finished["status"]
+    job = finished["metadata"]["name"]
     job_pods = models.json("get", "pods", "-l", f"batch.kubernetes.io/job-name={job}")["items"]
     assert job_pods[0]["spec"]["nodeName"] == "podman-loadgen-0"
     assert report["achievedRate"] > 0, report

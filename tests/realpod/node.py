@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -81,12 +82,19 @@ class Podman:
     network: str
     conf: Path
     insecure_registries: frozenset[str] = frozenset()
+    #: an image and container store of its own (a node's), not the host's default one
+    store: Path | None = None
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
+        where = (
+            ["--root", str(self.store / "root"), "--runroot", str(self.store / "run")]
+            if self.store is not None
+            else []
+        )
         return subprocess.run(
-            ["podman", *args], check=False, capture_output=True, text=True, timeout=timeout,
-            env=env,
+            ["podman", *where, *args], check=False, capture_output=True, text=True,
+            timeout=timeout, env=env,
         )  # fmt: skip
 
     def tls_flags(self, image: str) -> list[str]:
@@ -98,20 +106,25 @@ class Podman:
         return f"{self.network}-gateway"
 
     def gateway(self) -> str:
-        """The network's gateway: the host as containers reach it. The network is created if
-        missing, and an empty pod holds its bridge (and so the gateway address) up, so host
-        services can listen there before any pod runs; `release` removes it."""
+        """The network's gateway: the host as containers reach it (the network is created if
+        missing)."""
         if self.run("network", "exists", self.network).returncode != 0:
             made = self.run("network", "create", self.network)
             if made.returncode != 0:
                 raise RuntimeError(f"podman network create {self.network}: {made.stderr}")
+        info = json.loads(self.run("network", "inspect", self.network).stdout)[0]
+        gateway: str = info["subnets"][0]["gateway"]
+        return gateway
+
+    def hold_bridge(self) -> str:
+        """An empty pod keeps the network's bridge, and so the gateway address, up: host
+        services can listen there before any pod runs. `release` removes it."""
+        gateway = self.gateway()
         if self.run("pod", "exists", self.holder).returncode != 0:
             self.run("pod", "create", "--name", self.holder, "--network", self.network)
         started = self.run("pod", "start", self.holder)
         if started.returncode != 0:
             raise RuntimeError(f"podman pod start {self.holder}: {started.stderr}")
-        info = json.loads(self.run("network", "inspect", self.network).stdout)[0]
-        gateway: str = info["subnets"][0]["gateway"]
         return gateway
 
     def release(self) -> None:
@@ -153,8 +166,13 @@ class PodmanNode:
         self.discovery: Any = k8s.DiscoveryV1Api(self.api)
         self.nodes = {n.name: n for n in nodes}
         self.workdir = workdir
+        # The node's own image store, as a real node has: what it pulls never touches the
+        # host's store (where the images were built).
         self.podman = Podman(
-            network, write_containers_conf(workdir), frozenset(insecure_registries)
+            network,
+            write_containers_conf(workdir),
+            frozenset(insecure_registries),
+            store=workdir / "storage",
         )
         self.host_ip = self.podman.gateway()
         self.base_view = HostView(api_host, api_port, dict(api_aliases))
@@ -245,6 +263,8 @@ class PodmanNode:
         for name in self.nodes:
             with contextlib.suppress(ApiException):
                 self.core.delete_node(name)
+        self.podman.run("rmi", "--all", "--force")
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _loop(self) -> None:
         beat = 0.0
