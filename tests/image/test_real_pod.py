@@ -132,7 +132,9 @@ def test_a_real_pod_serves_its_model_and_load_test_and_rollout_undo_brings_back_
     models.patch_spec(
         name,
         {"loadTest": {"rate": "20", "duration": "5s", "connections": 2,
-                      "serviceAccountName": account}},
+                      "serviceAccountName": account,
+                      # the test models know 4 bidders (loadgen's synthetic default is 16)
+                      "args": ["--synthetic-bidders", "4"]}},
     )  # fmt: skip
     report = wait_until(
         lambda: models.get(name).get("status", {}).get("lastLoadTest"),
@@ -146,9 +148,10 @@ def test_a_real_pod_serves_its_model_and_load_test_and_rollout_undo_brings_back_
         return [j for j in jobs if j["status"].get("succeeded") or j["status"].get("failed")]
 
     (finished,) = wait_until(finished_jobs, SETTLE, f"{name}: the load-test Job ends")
-    assert finished["status"].get("succeeded") == 1, finished["status"]
     job = finished["metadata"]["name"]
     job_pods = models.json("get", "pods", "-l", f"batch.kubernetes.io/job-name={job}")["items"]
+    ended = job_pods[0]["status"]["containerStatuses"][0]["state"].get("terminated")
+    assert finished["status"].get("succeeded") == 1, ended  # exit code and the log's tail
     assert job_pods[0]["spec"]["nodeName"] == "podman-loadgen-0"
     assert report["achievedRate"] > 0, report
     print(f"{name}: load test from a real loadgen pod: {report}")

@@ -1,7 +1,7 @@
 """Pure translation between a Kubernetes Pod and what `podman kube play` runs for it.
 
 `play_manifest` turns the API server's Pod (as the scheduler bound it) into the Pod YAML podman
-plays: the same containers, commands, env, ports and securityContext, with the parts a kubelet
+plays: the same containers, commands, env and securityContext, with the parts a kubelet
 provides made concrete (volumes as host directories, Service names as host aliases, the
 `KUBERNETES_SERVICE_*` variables, field references resolved). Probes and restarts are left out:
 the node agent runs them itself, as a kubelet does, so it can report them in the pod's status.
@@ -17,8 +17,10 @@ from typing import Any
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Container fields podman plays as a kubelet would; the rest (probes, lifecycle, resources) the
-# agent handles or the host cannot enforce (see tests/realpod/README.md).
-_PLAYED_FIELDS = ("name", "image", "command", "args", "workingDir", "ports", "securityContext")
+# agent handles or the host cannot enforce (see tests/realpod/README.md). Not `ports`: podman
+# would publish them on the host, where two pods of one Deployment collide; a pod's IP
+# reaches every port anyway, as on a cluster network.
+_PLAYED_FIELDS = ("name", "image", "command", "args", "workingDir", "securityContext")
 _FIELD_LABEL = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
 
 

@@ -52,7 +52,7 @@ def test_the_played_pod_keeps_the_operators_security_and_env_but_not_its_probes(
     assert env["POD"] == "ctr-abc12"
     assert env["KUBERNETES_SERVICE_HOST"] == "kubernetes.default.svc"
     assert env["KUBERNETES_SERVICE_PORT"] == "6443"
-    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
+    assert not {"startupProbe", "readinessProbe", "livenessProbe", "ports"} & set(container)
     assert container["imagePullPolicy"] == "Never"
     assert played["spec"]["restartPolicy"] == "Never"
     assert played["spec"]["volumes"] == [
