@@ -22,7 +22,8 @@ def test_the_table_goes_between_the_markers_and_nowhere_else() -> None:
     result = {"arch": "amd64", "image_mib": 1414, "repeats": 3,
               "rows": [{**row.__dict__, "total_s": row.total_s}]}  # fmt: skip
     lines = markdown(result)
-    assert "| 20 trees | 40 KiB | 7.0 s | 0.30 s | 0.05 s | 0.40 s | 3.0 s | 10.0 s |" in lines
+    row_line = "| 20 trees | 40 KiB | 7.0 s | 0.30 s | 0.05 s | 0.40 s | 2.25 s | 3.0 s | 10.0 s |"
+    assert row_line in lines
     doc = f"intro\n{START}\nSTALE TABLE\n{END}\nrest\n"
     updated = update_doc(doc, lines)
     assert updated.startswith(f"intro\n{START}\n")
