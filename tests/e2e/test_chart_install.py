@@ -132,10 +132,14 @@ def test_operator_rbac_is_least_privilege(release: Release) -> None:
     assert release.can(sa, "patch", "inferencemodels.rtbserve.io", "--subresource=status")
     assert release.can(sa, "create", "deployments.apps")
     assert release.can(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
-    # Nothing it does not need: no delete of Deployments, no Secrets, no other namespace.
+    # Pods read only: their containers' waiting reasons (ImagePullBackOff ...) feed status.
+    assert release.can(sa, "watch", "pods")
+    # Nothing it does not need: no delete of Deployments, no Secrets, no writes to pods, no
+    # other namespace.
     assert not release.can(sa, "delete", "deployments.apps")
     assert not release.can(sa, "get", "secrets")
-    assert not release.can(sa, "list", "pods")
+    assert not release.can(sa, "create", "pods")
+    assert not release.can(sa, "delete", "pods")
     assert not release.can(sa, "watch", "inferencemodels.rtbserve.io", namespace="default")
 
 
