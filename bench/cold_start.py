@@ -27,17 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model_server.s3 import upload_artifact
+from rtbserve.local_podman import AS_A_POD, Podman, write_containers_conf
 from rtbserve.local_registry import LocalRegistry
 from rtbserve.local_s3 import LocalS3
 
 IMAGE = os.environ.get("IMAGE", "localhost/rtbserve:dev")
 NETWORK = "rtbserve-pods"
-PODMAN = ["podman", "--runtime", "runc"]
-AS_A_POD = [
-    "--read-only", "--tmpfs", "/tmp:rw,size=512m,mode=1777", "--user", "10001:10001",
-    "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-    "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-]  # fmt: skip
 READY_TIMEOUT = 300.0
 MODELS = {"20 trees": 20, "full (60 trees)": 60}
 START = "<!-- cold-start:start -->"
@@ -66,14 +62,9 @@ def host_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def _run(
-    argv: Sequence[str], timeout: float = 900, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
-    )
+def _ok(done: subprocess.CompletedProcess[str], what: str) -> subprocess.CompletedProcess[str]:
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])}: exit {done.returncode}: {done.stderr[-800:]}")
+        raise RuntimeError(f"{what}: exit {done.returncode}: {done.stderr[-800:]}")
     return done
 
 
@@ -86,30 +77,11 @@ def image_available(arch: str) -> bool:
     return found.returncode == 0
 
 
-HOLDER = f"{NETWORK}-cold-start"
-
-
-def gateway() -> str:
-    """The pod network's gateway, held up by an empty pod so S3 can listen there first."""
-    if subprocess.run(["podman", "network", "exists", NETWORK], check=False).returncode:
-        _run(["podman", "network", "create", NETWORK])
-    if subprocess.run(["podman", "pod", "exists", HOLDER], check=False).returncode:
-        # The pod's infra container is created with runc and rlimits it may keep (see PODMAN).
-        conf = Path(tempfile.mkdtemp(prefix="rtbserve-cold-conf-")) / "containers.conf"
-        conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n')
-        _run([*PODMAN, "pod", "create", "--name", HOLDER, "--network", NETWORK],
-             env={**os.environ, "CONTAINERS_CONF": str(conf)})  # fmt: skip
-    _run([*PODMAN, "pod", "start", HOLDER])
-    info = json.loads(_run(["podman", "network", "inspect", NETWORK]).stdout)[0]
-    return str(info["subnets"][0]["gateway"])
-
-
 def train_model(out: Path, trees: int) -> Path:
-    _run(
-        [sys.executable, "-m", "rtbserve", "train", "--synthetic", "20000", "--seed", "3",
-         "--bidders", "16", "--trees", str(trees), "--version", f"cold-{trees}",
-         "--out", str(out)],
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "rtbserve", "train", "--synthetic", "20000", "--seed", "3",
+            "--bidders", "16", "--trees", str(trees), "--version", f"cold-{trees}",
+            "--out", str(out)]  # fmt: skip
+    _ok(subprocess.run(argv, capture_output=True, text=True, check=False), "rtbserve train")
     return out
 
 
@@ -133,25 +105,27 @@ def _wait_ready(url: str, started: float) -> float:
 
 
 def measure_once(
-    ref: str, uri: str, s3_env: dict[str, str], *, model: str, trees: int, model_bytes: int
-) -> ColdStart:
+    host: Podman, ref: str, uri: str, s3_env: dict[str, str], *, model: str, trees: int,
+    model_bytes: int,
+) -> ColdStart:  # fmt: skip
     """One cold start from an empty image store (so the pull fetches every layer)."""
     store = Path(tempfile.mkdtemp(prefix="rtbserve-cold-"))
-    podman = [*PODMAN, "--root", str(store / "root"), "--runroot", str(store / "run")]
+    podman = Podman(host.network, host.conf, store=store)
     name = f"cold-{os.getpid()}-{trees}"
     try:
         t0 = time.monotonic()
-        _run([*podman, "pull", "--quiet", "--tls-verify=false", ref])
+        _ok(podman.run("pull", "--quiet", "--tls-verify=false", ref), "podman pull")
         pull_s = time.monotonic() - t0
         env = [f"--env={k}={v}" for k, v in sorted(s3_env.items())]
         started = time.monotonic()
-        _run(
-            [*podman, "run", "-d", "--name", name, "--network", NETWORK, *AS_A_POD,
-             "-p", "127.0.0.1::8080", *env, "--env", f"RTBSERVE_MODEL_URI={uri}",
-             "--env", "RTBSERVE_WORKERS=1", ref, "serve"],
-        )  # fmt: skip
+        _ok(podman.run(
+            "run", "-d", "--name", name, "--network", host.network, *AS_A_POD,
+            "-p", "127.0.0.1::8080", *env, "--env", f"RTBSERVE_MODEL_URI={uri}",
+            "--env", "RTBSERVE_WORKERS=1", ref, "serve",
+        ), "podman run")  # fmt: skip
         start_s = time.monotonic() - started
-        port = _run([*podman, "port", name, "8080/tcp"]).stdout.strip().rsplit(":", 1)[1]
+        port = _ok(podman.run("port", name, "8080/tcp"), "podman port").stdout
+        port = port.strip().rsplit(":", 1)[1]
         ready_s = _wait_ready(f"http://127.0.0.1:{port}/readyz", started)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             body = r.read().decode()
@@ -161,8 +135,8 @@ def measure_once(
             _metric(body, 'rtbserve_startup_seconds{phase="load"}'), ready_s,
         )  # fmt: skip
     finally:
-        subprocess.run([*podman, "rm", "-f", "-t", "0", name], capture_output=True, check=False)
-        subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True, check=False)
+        podman.run("rm", "-f", "-t", "0", name)
+        podman.run("rmi", "-a", "-f")
         shutil.rmtree(store, ignore_errors=True)
 
 
@@ -179,35 +153,31 @@ def measure(repeats: int = 3, log: Any = print) -> dict[str, Any]:
     if not image_available(arch):
         raise RuntimeError(f"no image {IMAGE}-{arch}: run `make image` first")
     work = Path(tempfile.mkdtemp(prefix="rtbserve-cold-models-"))
+    host = Podman(NETWORK, write_containers_conf(work))
     rows: list[ColdStart] = []
     try:
-        with LocalRegistry() as registry, LocalS3(host=gateway()) as s3:
+        with LocalRegistry() as registry, LocalS3(host=host.hold_bridge()) as s3:
             ref = f"{registry.address}/rtbserve:cold"
-            _run(["podman", "push", "--quiet", "--tls-verify=false", f"{IMAGE}-{arch}",
-                  f"docker://{ref}"])  # fmt: skip
-            image_bytes = int(_run(["podman", "image", "inspect", "--format", "{{.Size}}",
-                                    f"{IMAGE}-{arch}"]).stdout)  # fmt: skip
+            _ok(host.run("push", "--quiet", "--tls-verify=false", f"{IMAGE}-{arch}",
+                         f"docker://{ref}"), "podman push")  # fmt: skip
+            inspected = host.run("image", "inspect", "--format", "{{.Size}}", f"{IMAGE}-{arch}")
+            image_bytes = int(_ok(inspected, "podman image inspect").stdout)
             bucket = s3.make_bucket("cold-start")
-            client = s3.client()
             for model, trees in MODELS.items():
                 local = train_model(work / f"trees-{trees}", trees)
                 size = sum(p.stat().st_size for p in local.iterdir())
-                for path in sorted(local.iterdir()):
-                    client.put_object(
-                        Bucket=bucket, Key=f"{trees}/{path.name}", Body=path.read_bytes()
-                    )
-                uri = f"s3://{bucket}/{trees}/"
+                uri = upload_artifact(local, f"s3://{bucket}/{trees}/", client=s3.client()).uri
                 runs = [
-                    measure_once(ref, uri, s3.env, model=model, trees=trees, model_bytes=size)
+                    measure_once(host, ref, uri, s3.env, model=model, trees=trees,
+                                 model_bytes=size)
                     for _ in range(repeats)
-                ]
+                ]  # fmt: skip
                 row = median_of(runs)
                 log(f"  {model}: " + ", ".join(f"{k} {v:.2f} s" for k, v in asdict(row).items()
                                              if k.endswith("_s")))  # fmt: skip
                 rows.append(row)
     finally:
-        subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", HOLDER], capture_output=True,
-                       check=False)  # fmt: skip
+        host.release()
         shutil.rmtree(work, ignore_errors=True)
     return {
         "arch": arch,

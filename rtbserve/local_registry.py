@@ -5,12 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from rtbserve.local_process import stop_child, wait_http_ready
 from rtbserve.local_s3 import free_port
 
 BINARY = "docker-registry"
@@ -36,21 +34,18 @@ class LocalRegistry:
             f"storage: {{filesystem: {{rootdirectory: {self._dir / 'data'}}}}}\n"
             f"http: {{addr: '{self.address}'}}\n"
         )
-        log = (self._dir / "registry.log").open("wb")
-        self._process = subprocess.Popen(
-            [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + self._timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"registry exited: {(self._dir / 'registry.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1):
-                    return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"registry at {self.address} did not answer in time")
+        with (self._dir / "registry.log").open("wb") as log:  # the child keeps its own handle
+            self._process = subprocess.Popen(
+                [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_http_ready(f"http://{self.address}/v2/", self._process, self._timeout,
+                            "registry")  # fmt: skip
+        except RuntimeError as exc:
+            log_text = (self._dir / "registry.log").read_text()
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"{exc}: {log_text[-1000:]}") from exc
+        return self
 
     def __exit__(
         self,
@@ -58,7 +53,5 @@ class LocalRegistry:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
+        stop_child(self._process)
         shutil.rmtree(self._dir, ignore_errors=True)

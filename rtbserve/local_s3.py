@@ -9,14 +9,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from types import TracebackType
 from typing import Any
 
 import boto3
+
+from rtbserve.local_process import stop_child, wait_http_ready
 
 # moto accepts any credentials; these make the standard AWS chain resolve without a profile.
 DUMMY_CREDENTIALS = {
@@ -69,27 +68,12 @@ class LocalS3:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + self._start_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise LocalS3Error(f"moto server exited early with code {self._process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1.0):
-                    return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        raise LocalS3Error(f"moto server at {self.endpoint_url} did not answer in time")
+        wait_http_ready(f"{self.endpoint_url}/moto-api/", self._process, self._start_timeout,
+                        "moto server", LocalS3Error)  # fmt: skip
 
     def stop(self) -> None:
         proc, self._process = self._process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:

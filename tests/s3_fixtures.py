@@ -17,6 +17,7 @@ It offers `endpoint_url`, `env` (credentials, region and AWS_ENDPOINT_URL for su
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,19 +31,25 @@ from tests.artifacts import train_artifact
 S3Server = LocalS3
 
 
+@contextlib.contextmanager
+def exported(server: LocalS3) -> Iterator[LocalS3]:
+    """The server's endpoint and dummy credentials in os.environ while the block runs."""
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[LocalS3]:
-    with LocalS3() as server:
-        saved = {k: os.environ.get(k) for k in server.env}
-        os.environ.update(server.env)
-        try:
-            yield server
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with LocalS3() as server, exported(server):
+        yield server
 
 
 @pytest.fixture

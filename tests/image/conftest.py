@@ -17,6 +17,7 @@ from rtbserve.local_registry import LocalRegistry
 from rtbserve.local_s3 import LocalS3
 from tests.realpod.forward import TcpForwarder
 from tests.realpod.node import NodeSpec, Podman, PodmanNode, write_containers_conf
+from tests.s3_fixtures import exported
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "localhost/rtbserve:dev")
@@ -57,17 +58,8 @@ def pod_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def s3_server(pod_gateway: str) -> Iterator[LocalS3]:
     """The S3 server on the pod network's gateway, so model-server containers download from it
     (it replaces tests.s3_fixtures' loopback one for these tests)."""
-    with LocalS3(host=pod_gateway) as server:
-        saved = {k: os.environ.get(k) for k in server.env}
-        os.environ.update(server.env)
-        try:
-            yield server
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with LocalS3(host=pod_gateway) as server, exported(server):
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from model_server.artifact import load_artifact
 from model_server.predictor import XGBoostPredictor
 from model_server.service import ScoringService
 from model_server.synthetic import TrafficGenerator
+from rtbserve.local_podman import AS_A_POD as RESTRICTED_POD
 from tests.artifacts import train_artifact
 from tests.fuzz.oracles import pure_copy
 
@@ -40,11 +41,8 @@ ARCHES = os.environ.get("ARCHES", "amd64 arm64").split()
 # Podman on this kind of host: runc (crun fails on hybrid cgroups), no raising of rlimits.
 PODMAN = ["podman", "--runtime", "runc"]
 LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-# What a restricted pod gets: the image's user, nothing writable but /tmp, no capabilities.
-AS_A_POD = [
-    "--read-only", "--tmpfs", "/tmp:rw,size=256m,mode=1777", "--user", "10001:10001",
-    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", *LIMITS,
-]  # fmt: skip
+# What a restricted pod gets (rtbserve.local_podman), with the rlimits passed on the command.
+AS_A_POD = [*RESTRICTED_POD, *LIMITS]
 READY_TIMEOUT = 600.0  # arm64 under qemu imports numpy, xgboost and the model slowly
 BIDDERS = 8
 TOLERANCE = 1e-6
